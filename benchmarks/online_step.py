@@ -1,0 +1,86 @@
+"""Milliseconds per online step on the ETTm1 shape (C = 7, H = 96, capacity 1000, 4 buckets).
+
+    python benchmarks/online_step.py --data-dir ../shared/data [--variants p2p7p8_frozen p2p7p8]
+
+One step is what the online loop does per test window: update on the recent window (forward,
+backward, AdamW, memory write) and forecast the current one. Memories are filled first (the
+validation warm-up, then test steps until every bucket holds ``capacity`` entries), so the timed
+steps pay for full-size retrieval and eviction. One torch thread unless --threads says otherwise.
+Prints median, 10th / 90th percentile and mean per variant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+
+from hmem.artefacts import load_or_compute_base_forecasts, load_or_pretrain
+from hmem.data.splits import prepare
+from hmem.online.learner import OnlineLearner
+from hmem.online.stream import RevealedSeries
+from hmem.spaces import load_space
+
+
+def time_variant(space, variant: str, dataset: str, args: argparse.Namespace) -> list[float]:
+    cfg = space.trial_config(variant, dataset)
+    data = prepare(cfg.data, args.data_dir)
+    torch.set_num_threads(2)
+    pretrained = load_or_pretrain(cfg, data, args.cache_dir)
+    torch.set_num_threads(args.threads)
+    learner = OnlineLearner(cfg, pretrained.model, data.n_vars, data.horizon)
+    base = load_or_compute_base_forecasts(pretrained, data) if learner.needs_base_cache else None
+    series = RevealedSeries(data, base, cfg.chrc if cfg.chrc.enabled else None)
+    L, H = data.seq_len, data.horizon
+    val = data.segments["val"].window_starts(L, H)
+    test = data.segments["test"].window_starts(L, H)
+
+    def step(start: int) -> None:
+        series.reveal_until(start + L)
+        learner.update(series, start - H)
+        learner.predict(series, start)
+
+    for start in val:
+        step(start)
+    learner.start_test()
+    cursor = iter(test)
+    capacity = cfg.chrc.memory.capacity
+    while learner.bank is not None and min(m.memory.size for m in learner.bank) < capacity:
+        step(next(cursor))
+    for _ in range(args.warm):
+        step(next(cursor))
+    times = []
+    for _ in range(args.steps):
+        start = next(cursor)
+        began = time.perf_counter()
+        step(start)
+        times.append((time.perf_counter() - began) * 1000.0)
+    return times
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--space", default="search_spaces/control.yaml")
+    parser.add_argument("--dataset", default="ETTm1")
+    parser.add_argument("--variants", nargs="+", default=["p2p7p8_frozen", "p2p7p8"])
+    parser.add_argument("--data-dir", default=None)
+    parser.add_argument("--cache-dir", default=None)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--steps", type=int, default=2000)
+    parser.add_argument("--warm", type=int, default=200)
+    args = parser.parse_args()
+
+    space = load_space(args.space)
+    print(f"{args.dataset}, {args.threads} thread(s), {args.steps} timed steps after full memories")
+    print(f"{'variant':<16} {'median':>8} {'p10':>8} {'p90':>8} {'mean':>8}  (ms per step)")
+    for variant in args.variants:
+        times = sorted(time_variant(space, variant, args.dataset, args))
+        p10, p90 = times[len(times) // 10], times[(9 * len(times)) // 10]
+        print(f"{variant:<16} {statistics.median(times):8.3f} {p10:8.3f} {p90:8.3f} "
+              f"{statistics.fmean(times):8.3f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,129 @@
+"""The error memory: a bounded store of past forecast errors keyed by POGT features.
+
+Every operation is a handful of whole-tensor operations over fixed-size buffers (no Python loop
+over entries or over the retrieved items), and none of them reads a value back to the host, so a
+retrieval and a write cost the same at 10 entries as at capacity.
+
+Semantics (reference section 3):
+- retrieval: cosine similarity of the (L2-normalised) query with every key, times
+  ``age_decay ** age`` where ``age`` counts the writes since the entry was written; top-k;
+- eviction when full: the entry with the lowest
+  ``w_imp * importance + w_rec * recency + w_acc * access`` is replaced, each term min-max
+  normalised over the bank (a term that is equal everywhere contributes 0). Importance is the
+  entry's mean absolute error. The reference normalised importance within each *write batch*;
+  online writes are single entries, so there it was constant and eviction used recency and
+  access alone. We normalise it over the bank so that its weight means something; set
+  ``memory.evict_importance=0`` for the reference's behaviour.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+from torch import nn
+
+from hmem.config import MemoryConfig
+
+
+class Retrieved(NamedTuple):
+    similarities: torch.Tensor  # [k], decayed, descending
+    values: torch.Tensor  # [k, V]
+    slots: torch.Tensor  # [k] indices into the bank
+
+
+def _minmax(x: torch.Tensor) -> torch.Tensor:
+    lo, hi = torch.aminmax(x)
+    return (x - lo) / (hi - lo).clamp_min(torch.finfo(x.dtype).tiny)
+
+
+class ErrorMemory(nn.Module):
+    def __init__(self, cfg: MemoryConfig, key_dim: int, value_dim: int) -> None:
+        super().__init__()
+        self.cfg = cfg
+        cap = cfg.capacity
+        self.register_buffer("keys", torch.zeros(cap, key_dim))
+        self.register_buffer("values", torch.zeros(cap, value_dim))
+        self.register_buffer("decay", torch.zeros(cap))  # age_decay ** age, kept incrementally
+        self.register_buffer("written_at", torch.zeros(cap))  # write counter at write time
+        self.register_buffer("access", torch.zeros(cap))  # times returned by a retrieval
+        self.register_buffer("importance", torch.zeros(cap))  # mean |error|
+        self.register_buffer("origin", torch.zeros(cap, dtype=torch.long))  # window start row
+        # 0 for a stored entry, -inf for an empty slot: retrieval always scores the whole bank,
+        # so every tensor keeps one shape from the first write to the last.
+        self.register_buffer("empty", torch.full((cap,), float("-inf")))
+        self.size = 0  # host-side counters: no device sync to know them
+        self.writes = 0
+
+    @property
+    def ready(self) -> bool:
+        """Retrieval is on once ``min_entries`` entries exist."""
+        return self.size >= self.cfg.min_entries
+
+    def clear(self) -> None:
+        for buffer in (self.keys, self.values, self.decay, self.written_at, self.access,
+                       self.importance, self.origin):
+            buffer.zero_()
+        self.empty.fill_(float("-inf"))
+        self.size = 0
+        self.writes = 0
+
+    def visible(self, latest_origin: int) -> int:
+        """How many stored entries come from windows starting at or before ``latest_origin``."""
+        return int(((self.origin <= latest_origin) & (self.empty == 0)).sum())
+
+    def similarities(self, query: torch.Tensor) -> torch.Tensor:
+        """Decayed cosine similarity of ``query [D]`` (unit norm) with every slot: ``[capacity]``.
+
+        Empty slots score ``-inf``."""
+        return torch.addcmul(self.empty, self.keys @ query, self.decay)
+
+    def search(self, query: torch.Tensor, k: int, latest_origin: int | None = None) -> Retrieved:
+        """Top-``k`` entries for ``query``; counts an access for each. Needs ``ready``.
+
+        ``latest_origin`` hides entries of windows that start after it."""
+        sims = self.similarities(query)
+        if latest_origin is not None:
+            sims = sims.masked_fill(self.origin > latest_origin, float("-inf"))
+        top, slots = sims.topk(k)
+        self.access.index_add_(0, slots, torch.ones_like(top, requires_grad=False).detach())
+        return Retrieved(top, self.values[slots], slots)
+
+    @torch.no_grad()
+    def write(self, key: torch.Tensor, value: torch.Tensor, origin: int = 0) -> None:
+        """Store one ``(key [D], value [V])`` of the window starting at row ``origin``; when full,
+        evict the lowest-scoring entry."""
+        n = self.size
+        self.decay[:n] *= self.cfg.age_decay
+        if n < self.cfg.capacity:
+            slot: int | torch.Tensor = n
+            self.size = n + 1
+        else:
+            slot = self._eviction_slot()
+        self.keys[slot] = key
+        self.values[slot] = value
+        self.decay[slot] = 1.0
+        self.empty[slot] = 0.0
+        self.written_at[slot] = float(self.writes)
+        self.access[slot] = 0.0
+        self.importance[slot] = value.abs().mean()
+        self.origin[slot] = origin
+        self.writes += 1
+
+    def _eviction_slot(self) -> torch.Tensor:
+        cfg = self.cfg
+        score = torch.zeros_like(self.decay)
+        for weight, term in ((cfg.evict_importance, self.importance),
+                             (cfg.evict_recency, self.written_at),
+                             (cfg.evict_access, self.access)):
+            if weight:
+                score += weight * _minmax(term)
+        return score.argmin()
+
+    # Host-side counters travel with the buffers in checkpoints.
+    def get_extra_state(self) -> dict[str, int]:
+        return {"size": self.size, "writes": self.writes}
+
+    def set_extra_state(self, state: dict[str, int]) -> None:
+        self.size = int(state["size"])
+        self.writes = int(state["writes"])

@@ -1,0 +1,131 @@
+"""The ``hmem`` command line.
+
+    hmem run SPACE.yaml --variant NAME --dataset NAME [--seed N] [--set dotted.key=value ...]
+             [--data-dir DIR] [--out DIR] [--cache-dir DIR]
+    hmem pretrain SPACE.yaml --dataset NAME [--seed N] [--variant NAME] [--data-dir DIR]
+
+Errors the user can fix are printed as one message (file, key or row, and what to do) with exit
+status 2, never as a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+
+from hmem.errors import HmemError
+
+log = logging.getLogger("hmem")
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("space", help="search-space YAML, e.g. search_spaces/control.yaml")
+    parser.add_argument("--dataset", required=True,
+                        help="ETTm1, Weather, synthetic (as the space defines them) or a .csv/.csv.gz path")
+    parser.add_argument("--data-dir", default=None,
+                        help="folder with the benchmark files (default: $HMEM_DATA_DIR)")
+    parser.add_argument("--cache-dir", default=None,
+                        help="pretrained-artefact cache (default: $HMEM_CACHE_DIR or ~/.cache/hmem)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override one config value, e.g. --set online.lr=3e-5 (repeatable)")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="hmem", description=__doc__.split("\n")[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    run = commands.add_parser("run", help="run one trial in this process (no Ray)")
+    _common(run)
+    run.add_argument("--variant", required=True, help="a variant of the space, e.g. p2p7p8")
+    run.add_argument("--seed", type=int, default=None, help="default: the space's first seed")
+    run.add_argument("--out", default=None,
+                     help="results folder (default: results/runs/SPACE/VARIANT-DATASET-sSEED)")
+    run.set_defaults(handler=_cmd_run)
+
+    pretrain = commands.add_parser("pretrain", help="pretrain (or load) a backbone and its cache")
+    _common(pretrain)
+    pretrain.add_argument("--seed", type=int, default=None,
+                          help="pretraining seed (default: the config's pretrain.seed)")
+    pretrain.add_argument("--variant", default=None,
+                          help="take the backbone config from this variant (default: the first)")
+    pretrain.set_defaults(handler=_cmd_pretrain)
+    return parser
+
+
+def _overrides(args: argparse.Namespace) -> dict:
+    from hmem.config import parse_set_overrides
+
+    return parse_set_overrides(args.overrides)
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from hmem.spaces import load_space
+    from hmem.trial import TrialIdentity, run_trial_and_save
+
+    space = load_space(args.space)
+    cfg = space.trial_config(args.variant, args.dataset, args.seed, _overrides(args))
+    identity = TrialIdentity(space.name, args.variant, args.dataset, cfg.seed)
+    out = Path(args.out or Path("results") / "runs" / space.name / identity.label())
+    result = run_trial_and_save(cfg, identity, out, data_dir=args.data_dir,
+                                cache_dir=args.cache_dir)
+    m = result.metrics
+    print(
+        f"{identity.label()} [{m['regime']}]: MSE {m['mse']:.4f}  MAE {m['mae']:.4f}  "
+        f"RMSE {m['rmse']:.4f} | {m['steps']} steps, {m['ms_per_step']:.2f} ms/step, "
+        f"{m['seconds_total']:.1f} s online (+{m['pretrain_seconds']:.1f} s pretraining"
+        f"{', cached' if m['pretrain_cached'] else ''}) -> {out}"
+    )
+    return 0
+
+
+def _cmd_pretrain(args: argparse.Namespace) -> int:
+    import torch
+
+    from hmem.artefacts import load_or_compute_base_forecasts, load_or_pretrain
+    from hmem.data.splits import prepare
+    from hmem.spaces import load_space
+
+    space = load_space(args.space)
+    overrides = _overrides(args)
+    if args.seed is not None:
+        overrides.setdefault("pretrain", {})["seed"] = args.seed
+    variant = args.variant or next(iter(space.variants))
+    cfg = space.trial_config(variant, args.dataset, None, overrides)
+    torch.set_num_threads(cfg.runtime.pretrain_threads or os.cpu_count() or 1)
+    data = prepare(cfg.data, args.data_dir)
+    started = time.perf_counter()
+    pretrained = load_or_pretrain(cfg, data, args.cache_dir)
+    base = load_or_compute_base_forecasts(pretrained, data)
+    meta = pretrained.meta
+    print(
+        f"backbone {pretrained.key} ({args.dataset}): "
+        f"{'loaded from cache' if pretrained.loaded_from_cache else 'pretrained'}; best validation "
+        f"MSE {meta['best_val_mse']:.4f} at epoch {meta['best_epoch']} of {meta['epochs_run']}, "
+        f"pretraining took {meta['pretrain_seconds']:.1f} s; base forecasts for "
+        f"{len(base.forecasts)} windows; {time.perf_counter() - started:.1f} s in all "
+        f"-> {pretrained.directory}"
+    )
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
+    try:
+        return args.handler(args)
+    except HmemError as err:
+        print(f"hmem {args.command}: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,282 @@
+"""Typed, frozen configuration of one trial.
+
+Every default is defined here and nowhere else. Search spaces (``hmem.spaces``) and ``--set``
+overrides are plain nested dicts merged over these defaults and validated once; unknown keys and
+wrong types are rejected with the key's dotted path.
+
+The defaults are the plan's design: the published best CHRC (P2 soft gate + P7 horizon mask +
+P8 four time buckets, softmax aggregation) on a *frozen* backbone. ``backbone.online_lr_scale``
+> 0 reproduces what the published numbers really ran (the backbone training online inside the
+same optimiser step); see ``../shared/docs/hmem-reference.md`` section 3.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from hmem.errors import ConfigError
+
+
+class _Config(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+
+
+# --------------------------------------------------------------------------- data
+
+
+class SyntheticConfig(_Config):
+    """Shape of the built-in ``synthetic`` dataset (deterministic: no seed of its own)."""
+
+    rows: int = Field(8000, ge=200, description="number of 15-minute rows")
+    variables: int = Field(4, ge=1, le=64)
+
+
+class DataConfig(_Config):
+    dataset: str = Field("synthetic", description="ETTm1, Weather, synthetic or a .csv/.csv.gz path")
+    seq_len: int = Field(512, ge=2, description="lookback rows of every window")
+    horizon: int = Field(96, ge=1, description="forecast horizon H (pred_len)")
+    train_ratio: float = Field(0.2, gt=0, lt=1, description="ratio split (all but ETTm1)")
+    val_ratio: float = Field(0.05, gt=0, lt=1, description="ratio split (all but ETTm1)")
+    max_val_windows: int | None = Field(None, ge=1, description="truncate the warm-up stream")
+    max_test_windows: int | None = Field(None, ge=1, description="truncate the test stream")
+    duplicate_timestamps: Literal["error", "keep_identical"] = Field(
+        "error", description="keep_identical keeps a repeated row (the public Weather file has one)"
+    )
+    synthetic: SyntheticConfig = SyntheticConfig()
+
+    @model_validator(mode="after")
+    def _ratios_leave_a_test_split(self) -> "DataConfig":
+        if self.train_ratio + self.val_ratio >= 1:
+            raise ValueError(
+                f"train_ratio + val_ratio must be below 1 to leave a test split "
+                f"(train_ratio={self.train_ratio}, val_ratio={self.val_ratio})"
+            )
+        return self
+
+
+# --------------------------------------------------------------------------- backbone
+
+
+class ITransformerConfig(_Config):
+    e_layers: int = Field(2, ge=1)
+    d_model: int = Field(128, ge=1)
+    d_ff: int = Field(128, ge=1)
+    n_heads: int = Field(8, ge=1)
+    dropout: float = Field(0.05, ge=0, lt=1)
+
+    @model_validator(mode="after")
+    def _heads_divide_width(self) -> "ITransformerConfig":
+        if self.d_model % self.n_heads:
+            raise ValueError(
+                f"d_model must be a multiple of n_heads (d_model={self.d_model}, "
+                f"n_heads={self.n_heads})"
+            )
+        return self
+
+
+class BackboneConfig(_Config):
+    kind: Literal["itransformer", "nlinear"] = "itransformer"
+    itransformer: ITransformerConfig = ITransformerConfig()
+    online_lr_scale: float = Field(
+        0.0,
+        ge=0,
+        description="0 freezes the backbone online (the plan's design); s > 0 trains it in the "
+        "same optimiser step at s * online.lr (the published runs used 0.1)",
+    )
+
+    @property
+    def frozen_online(self) -> bool:
+        return self.online_lr_scale == 0
+
+
+class PretrainConfig(_Config):
+    """Offline training of the backbone on the train split, early-stopped on validation MSE."""
+
+    lr: float = Field(1e-4, gt=0)
+    batch_size: int = Field(32, ge=1)
+    epochs: int = Field(10, ge=1)
+    patience: int = Field(3, ge=1)
+    constant_lr_epochs: int = Field(2, ge=0, description="epochs at full lr before decay starts")
+    lr_decay: float = Field(0.5, gt=0, le=1, description="lr multiplier per epoch after those")
+    seed: int = Field(0, ge=0, description="seed of the backbone's weights and batch order")
+
+
+# --------------------------------------------------------------------------- CHRC
+
+
+class MemoryConfig(_Config):
+    capacity: int = Field(1000, ge=1)
+    min_entries: int = Field(10, ge=1, description="retrieval stays off below this many entries")
+    age_decay: float = Field(0.995, gt=0, le=1, description="similarity *= age_decay ** age")
+    evict_importance: float = Field(0.4, ge=0, description="eviction weight of mean |error|")
+    evict_recency: float = Field(0.4, ge=0, description="eviction weight of recency")
+    evict_access: float = Field(0.2, ge=0, description="eviction weight of access count")
+    update_view: Literal["forecast_time", "all"] = Field(
+        "forecast_time",
+        description="what the update on a window retrieves from: the entries that existed when "
+        "that window was forecast (forecast_time), or everything stored since (all)",
+    )
+
+
+class RetrievalConfig(_Config):
+    top_k: int = Field(5, ge=1)
+    aggregation: Literal["softmax", "weighted_mean"] = "softmax"
+    temperature: float = Field(0.1, gt=0, description="softmax temperature over similarities")
+
+
+class SoftGateConfig(_Config):
+    """P2: scale the correction by sigmoid(steepness * (max_similarity - threshold))."""
+
+    enabled: bool = True
+    threshold: float = Field(0.5, ge=-1, le=1)
+    steepness: float = Field(10.0, gt=0)
+
+
+class HorizonMaskConfig(_Config):
+    """P7: weight w(h) of the correction at horizon step h = 0 .. H-1."""
+
+    mode: Literal["exp", "linear", "off"] = "exp"
+    decay: float = Field(0.98, gt=0, le=1, description="exp mode: w(h) = max(decay**h, floor)")
+    floor: float = Field(0.2, ge=0, le=1)
+
+
+class BucketConfig(_Config):
+    """P8: independent CHRC modules selected by the calendar of a window's last input row."""
+
+    count: int = Field(4, ge=1, description="1 switches P8 off")
+
+
+class ChrcConfig(_Config):
+    enabled: bool = True
+    feature_dim: int = Field(128, ge=1, description="size of keys and queries")
+    hidden_dim: int = Field(256, ge=1, description="width of the POGT encoder")
+    refiner_dim: int = Field(256, ge=1, description="hidden width of the refiner MLP")
+    gate_dim: int = Field(64, ge=1, description="hidden width of the quality / confidence gates")
+    pogt_ratio: float = Field(0.5, gt=0, le=1, description="POGT rows = round(H * pogt_ratio)")
+    lr_scale: float = Field(0.5, gt=0, description="CHRC lr = lr_scale * online.lr")
+    memory: MemoryConfig = MemoryConfig()
+    retrieval: RetrievalConfig = RetrievalConfig()
+    soft_gate: SoftGateConfig = SoftGateConfig()
+    horizon_mask: HorizonMaskConfig = HorizonMaskConfig()
+    buckets: BucketConfig = BucketConfig()
+
+    @model_validator(mode="after")
+    def _k_fits_memory(self) -> "ChrcConfig":
+        if self.retrieval.top_k > self.memory.min_entries:
+            raise ValueError(
+                f"retrieval.top_k must not exceed memory.min_entries, or the first retrievals "
+                f"would return empty slots (top_k={self.retrieval.top_k}, "
+                f"min_entries={self.memory.min_entries})"
+            )
+        if self.memory.min_entries > self.memory.capacity:
+            raise ValueError(
+                f"memory.min_entries must not exceed memory.capacity, or retrieval never starts "
+                f"(min_entries={self.memory.min_entries}, capacity={self.memory.capacity})"
+            )
+        return self
+
+
+# --------------------------------------------------------------------------- online / runtime
+
+
+class OnlineConfig(_Config):
+    lr: float = Field(1e-5, gt=0, description="online learning rate; each part scales it")
+    weight_decay: float = Field(0.01, ge=0)
+    grad_clip: float = Field(1.0, ge=0, description="max gradient norm; 0 switches clipping off")
+    warmup: bool = Field(True, description="run the loop over the validation segment first")
+
+
+class RuntimeConfig(_Config):
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    threads: int = Field(1, ge=1, description="torch threads of the online loop")
+    pretrain_threads: int | None = Field(None, ge=1, description="None: all cores")
+    base_cache: bool = Field(
+        True, description="frozen backbone: read its forecasts from the precomputed cache "
+        "instead of running it every step (same numbers, much faster)"
+    )
+
+
+class TrialConfig(_Config):
+    """Everything one run of ``hmem run`` depends on; logged in full with its results."""
+
+    seed: int = Field(0, ge=0, description="seed of everything trained online")
+    data: DataConfig = DataConfig()
+    backbone: BackboneConfig = BackboneConfig()
+    pretrain: PretrainConfig = PretrainConfig()
+    chrc: ChrcConfig = ChrcConfig()
+    online: OnlineConfig = OnlineConfig()
+    runtime: RuntimeConfig = RuntimeConfig()
+
+    @property
+    def regime(self) -> str:
+        """Which regime the numbers come from, e.g. ``backbone=frozen chrc=on``."""
+        if self.backbone.frozen_online:
+            backbone = "frozen"
+        else:
+            backbone = f"online@{self.online.lr * self.backbone.online_lr_scale:g}"
+        return f"backbone={backbone} chrc={'on' if self.chrc.enabled else 'off'}"
+
+
+# --------------------------------------------------------------------------- building
+
+
+def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """Return ``base`` with ``override`` merged in; nested dicts merge, everything else replaces."""
+    merged = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def build_trial_config(*layers: dict[str, Any], source: str = "config") -> TrialConfig:
+    """Merge override layers (earliest first) over the defaults and validate the result."""
+    merged: dict[str, Any] = {}
+    for layer in layers:
+        merged = deep_merge(merged, layer)
+    try:
+        return TrialConfig.model_validate(merged)
+    except ValidationError as err:
+        raise ConfigError(format_validation_error(err, source)) from None
+
+
+def format_validation_error(err: ValidationError, source: str) -> str:
+    """One line per problem: ``source: dotted.key: what was expected (got value)``."""
+    lines = []
+    for problem in err.errors():
+        path = ".".join(str(part) for part in problem["loc"]) or "(top level)"
+        message = problem["msg"]
+        if problem["type"] == "extra_forbidden":
+            message = "unknown key (check its spelling and nesting)"
+        got = f" (got {problem['input']!r})" if problem["type"] != "extra_forbidden" else ""
+        if problem["type"] in {"missing", "model_type"} or isinstance(problem["input"], dict):
+            got = ""
+        lines.append(f"{source}: {path}: {message}{got}")
+    return "\n".join(lines)
+
+
+def parse_set_overrides(assignments: list[str]) -> dict[str, Any]:
+    """Turn ``["a.b=1", "c=true"]`` into ``{"a": {"b": 1}, "c": True}``; values are YAML scalars."""
+    import yaml
+
+    tree: dict[str, Any] = {}
+    for item in assignments:
+        key, sep, raw = item.partition("=")
+        if not sep or not key or any(not part for part in key.split(".")):
+            raise ConfigError(f"--set {item!r}: expected dotted.key=value, e.g. online.lr=3e-5")
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else None
+        except yaml.YAMLError as err:
+            raise ConfigError(f"--set {item!r}: the value is not valid YAML ({err})") from None
+        node = tree
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"--set {item!r}: {part} was already given a plain value")
+        node[leaf] = value
+    return tree

@@ -1,0 +1,154 @@
+"""One online method: a base forecaster, cached or live, and an optional CHRC bank.
+
+Every method of the control search space is this class with different switches, so baselines and
+H-Mem run the same protocol on the same stream:
+
+- ``frozen``: cached forecasts, nothing trains;
+- ``online`` / ``online_slow``: the backbone alone trains on the delayed loss;
+- ``p2p7p8``: CHRC trains and the backbone trains in the same step at ``online_lr_scale``;
+- ``p2p7p8_frozen``: CHRC trains on cached forecasts of a frozen backbone.
+
+An update on the recent window: forward (base forecast, retrieval from the memory as it was when
+that window was forecast), MSE against its now fully observed target, one AdamW step on what
+trains (gradient norm clipped jointly), then the delayed write of its error ``target - base``
+keyed by the query the forward already computed. Parameters with no gradient this step are not touched (each P8 bucket has its
+own optimiser state, as separate modules in one optimiser would). While a bucket's memory holds
+fewer than ``min_entries`` entries its correction is off; with a frozen backbone there is then
+nothing to learn and the step only writes.
+
+The backbone runs in eval mode online (no dropout): a batch-size-one step gains nothing from it.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from hmem.artefacts import BaseForecasts
+from hmem.chrc import CHRCBank
+from hmem.config import TrialConfig
+from hmem.online.flat import flatten_parameters
+from hmem.online.stream import RevealedSeries
+
+
+def _adamw(flat: nn.Parameter, lr: float, cfg: TrialConfig) -> torch.optim.AdamW:
+    return torch.optim.AdamW([flat], lr=lr, weight_decay=cfg.online.weight_decay, fused=True)
+
+
+class OnlineLearner(nn.Module):
+    def __init__(
+        self,
+        cfg: TrialConfig,
+        backbone: nn.Module,
+        n_vars: int,
+        horizon: int,
+        device: torch.device | str = "cpu",
+    ) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.trains_backbone = not cfg.backbone.frozen_online
+        self.backbone = backbone.eval().requires_grad_(self.trains_backbone).to(device)
+        torch.manual_seed(cfg.seed)
+        self.bank = CHRCBank(cfg.chrc, n_vars, horizon).to(device) if cfg.chrc.enabled else None
+        # Sum of applied gates over corrected forecasts (a diagnostic for TensorBoard).
+        self.register_buffer("gate_sum", torch.zeros((), device=device), persistent=False)
+        self.corrected = 0  # forecasts that had a correction
+
+        # Each part that trains gets one flat parameter and its own AdamW (see hmem.online.flat).
+        lr = cfg.online.lr
+        self.backbone_flat = (
+            flatten_parameters(list(self.backbone.parameters())) if self.trains_backbone else None
+        )
+        self.backbone_optimiser = (
+            _adamw(self.backbone_flat, lr * cfg.backbone.online_lr_scale, cfg)
+            if self.backbone_flat is not None else None
+        )
+        self.bucket_flats = [flatten_parameters(list(m.parameters())) for m in self.bank or []]
+        self.bucket_optimisers = [
+            _adamw(flat, lr * cfg.chrc.lr_scale, cfg) for flat in self.bucket_flats
+        ]
+
+    @property
+    def trainable(self) -> bool:
+        return self.trains_backbone or self.bank is not None
+
+    @property
+    def needs_base_cache(self) -> bool:
+        """A frozen backbone's forecasts never change: read them from the cache."""
+        return not self.trains_backbone and self.cfg.runtime.base_cache
+
+    def _base(self, series: RevealedSeries, start: int) -> torch.Tensor:
+        if self.needs_base_cache:
+            return series.base(start)
+        x, marks = series.inputs(start)
+        return self.backbone(x[None], marks[None])[0]
+
+    def update(self, series: RevealedSeries, start: int) -> None:
+        """Learn from the recent window at ``start`` (its target is revealed), then remember it."""
+        target = series.target(start)
+        base = self._base(series, start)
+        prediction, bucket, query = base, None, None
+        if self.bank is not None:
+            bucket = series.bucket(start)
+            module = self.bank[bucket]
+            latest = self._latest_visible(start, series.horizon)
+            visible = module.memory.size if latest is None else module.memory.visible(latest)
+            if visible >= self.cfg.chrc.memory.min_entries:
+                query = module.encode(series.pogt(start))
+                prediction = base + module.correct(query, base, latest).delta
+            else:
+                with torch.no_grad():
+                    query = module.encode(series.pogt(start))
+        corrected = query is not None and query.requires_grad
+        if prediction.requires_grad:
+            self._step(F.mse_loss(prediction, target), bucket if corrected else None)
+        if bucket is not None:
+            self.bank[bucket].memory.write(query.detach(), (target - base).detach().flatten(), start)
+
+    def _latest_visible(self, start: int, horizon: int) -> int | None:
+        """Latest window whose memory entry the update on window ``start`` may retrieve.
+
+        When window ``start`` was forecast, the memory held the windows up to ``start - H`` (their
+        targets had ended). Entries written since then belong to the windows just before it, whose
+        targets overlap its own: an update that retrieves them is rewarded for trusting a memory
+        that forecasting never has. ``update_view: all`` keeps them, as the reference did.
+        """
+        return start - horizon if self.cfg.chrc.memory.update_view == "forecast_time" else None
+
+    def _step(self, loss: torch.Tensor, bucket: int | None) -> None:
+        """One optimiser step on the backbone (if it trains) and the bucket that corrected."""
+        loss.backward()
+        flats, optimisers = [], []
+        if self.backbone_flat is not None:
+            flats.append(self.backbone_flat)
+            optimisers.append(self.backbone_optimiser)
+        if bucket is not None:
+            flats.append(self.bucket_flats[bucket])
+            optimisers.append(self.bucket_optimisers[bucket])
+        if self.cfg.online.grad_clip:
+            torch.nn.utils.clip_grad_norm_(flats, self.cfg.online.grad_clip)
+        for flat, optimiser in zip(flats, optimisers):
+            optimiser.step()
+            flat.grad.zero_()  # in place: the parameters' .grad are views of it
+
+    @torch.inference_mode()
+    def predict(self, series: RevealedSeries, start: int) -> torch.Tensor:
+        """Forecast ``[H, C]`` of the current window at ``start`` from its input alone."""
+        base = self._base(series, start)
+        if self.bank is None:
+            return base
+        module = self.bank[series.bucket(start)]
+        if not module.memory.ready:
+            return base
+        correction = module.correct(module.encode(series.pogt(start)), base)
+        self.gate_sum += correction.gate
+        self.corrected += 1
+        return base + correction.delta
+
+    def start_test(self) -> None:
+        """The memory starts empty on the test stream; what was learned in warm-up is kept."""
+        if self.bank is not None:
+            self.bank.clear_memories()
+        self.gate_sum.zero_()
+        self.corrected = 0

@@ -1,0 +1,129 @@
+"""The online runner: determinism, the base-forecast cache, warm-up, bucket routing and the
+baselines, all on the same stream."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from hmem.artefacts import load_or_compute_base_forecasts, load_or_pretrain
+from hmem.data import prepare
+from hmem.data.calendar import time_buckets
+from hmem.errors import NumericalError
+from hmem.online import OnlineLearner, RevealedSeries, run_trial
+from hmem.online.runner import _stream
+
+
+def test_same_config_and_seed_give_identical_numbers(tiny, run_online):
+    cfg = tiny({"backbone": {"online_lr_scale": 0.1}})
+    first, _ = run_online(cfg)
+    second, _ = run_online(cfg)
+    assert torch.equal(first.forecasts, second.forecasts)
+    assert first.metrics["mse"] == second.metrics["mse"]
+    other_seed, _ = run_online(tiny({"backbone": {"online_lr_scale": 0.1}, "seed": 1}))
+    assert other_seed.metrics["mse"] != first.metrics["mse"]
+
+
+def test_cached_base_forecasts_match_running_the_frozen_backbone_every_step(tiny, run_online):
+    cached, _ = run_online(tiny())
+    live, _ = run_online(tiny({"runtime": {"base_cache": False}}))
+    assert cached.metrics["steps"] == live.metrics["steps"] == 160
+    assert torch.allclose(cached.forecasts, live.forecasts, rtol=1e-5, atol=1e-5)
+    assert cached.metrics["mse"] == pytest.approx(live.metrics["mse"], rel=1e-5)
+
+
+def test_baselines_share_the_stream(tiny, run_online, cache_dir):
+    frozen, data = run_online(tiny({"chrc": {"enabled": False}}))
+    pretrained = load_or_pretrain(tiny(), data, cache_dir)
+    base = load_or_compute_base_forecasts(pretrained, data)
+    starts = data.segments["test"].window_starts(data.seq_len, data.horizon)[:160]
+    expected = base.forecasts[starts[0] - base.first_start :][:160]
+    assert torch.equal(frozen.forecasts, expected)
+    assert frozen.metrics["warmup_steps"] == 0 and frozen.metrics["trainable_parameters"] == 0
+
+    online, _ = run_online(tiny({"chrc": {"enabled": False}, "backbone": {"online_lr_scale": 1}}))
+    chrc, _ = run_online(tiny())
+    assert online.metrics["steps"] == chrc.metrics["steps"] == frozen.metrics["steps"]
+    assert not torch.equal(online.forecasts[0], frozen.forecasts[0])  # warm-up trained it
+    assert chrc.metrics["corrected_fraction"] > 0.5 and 0 < chrc.metrics["mean_gate"] < 1
+    assert chrc.metrics["mse"] != frozen.metrics["mse"]
+
+
+def test_warmup_trains_and_the_test_stream_starts_with_empty_memories(tiny, cache_dir):
+    cfg = tiny()
+    data = prepare(cfg.data)
+    pretrained = load_or_pretrain(cfg, data, cache_dir)
+    learner = OnlineLearner(cfg, pretrained.model, data.n_vars, data.horizon)
+    before = [flat.detach().clone() for flat in learner.bucket_flats]
+    series = RevealedSeries(data, load_or_compute_base_forecasts(pretrained, data), cfg.chrc)
+    _stream(learner, series, data.segments["val"].window_starts(48, 12)[:60])
+    assert all(m.memory.size > 0 for m in learner.bank)
+    trained = [flat.detach().clone() for flat in learner.bucket_flats]
+    assert any(not torch.equal(a, b) for a, b in zip(before, trained))
+    learner.start_test()
+    assert all(m.memory.size == 0 for m in learner.bank)
+    assert all(torch.equal(a, flat) for a, flat in zip(trained, learner.bucket_flats))
+
+
+def test_each_window_uses_the_bucket_of_its_last_input_row(tiny, cache_dir):
+    cfg = tiny({"chrc": {"memory": {"capacity": 500}}})
+    data = prepare(cfg.data)
+    pretrained = load_or_pretrain(cfg, data, cache_dir)
+    learner = OnlineLearner(cfg, pretrained.model, data.n_vars, data.horizon)
+    series = RevealedSeries(data, load_or_compute_base_forecasts(pretrained, data), cfg.chrc)
+    starts = data.segments["test"].window_starts(48, 12)[:100]
+    _stream(learner, series, starts)
+    rows = time_buckets(data.dates, 2)
+    recent = [s - 12 for s in starts]
+    expected = [sum(rows[s + 47] == b for s in recent) for b in range(2)]
+    assert [m.memory.writes for m in learner.bank] == expected
+    assert min(expected) > 10  # both buckets really used
+
+
+def test_one_bucket_and_no_chrc_build_what_they_say(tiny, cache_dir):
+    cfg = tiny({"chrc": {"buckets": {"count": 1}}})
+    data = prepare(cfg.data)
+    pretrained = load_or_pretrain(cfg, data, cache_dir)
+    assert len(OnlineLearner(cfg, pretrained.model, data.n_vars, data.horizon).bank) == 1
+    off = tiny({"chrc": {"enabled": False}})
+    assert OnlineLearner(off, pretrained.model, data.n_vars, data.horizon).bank is None
+
+
+def test_non_finite_forecasts_stop_the_run_with_the_window(tiny, cache_dir):
+    cfg = tiny({"chrc": {"enabled": False}, "runtime": {"base_cache": False}})
+    data = prepare(cfg.data)
+    pretrained = load_or_pretrain(cfg, data, cache_dir)
+    with torch.no_grad():
+        pretrained.model.linear.bias[3] = float("nan")
+    with pytest.raises(NumericalError, match=r"test stream: the forecast of window 0 \(row \d+\) "
+                                              r"is not finite; 160 windows"):
+        run_trial(cfg, data, pretrained)
+
+
+@pytest.mark.parametrize("view", ["forecast_time", "all"])
+def test_updates_retrieve_only_what_existed_when_the_window_was_forecast(tiny, cache_dir,
+                                                                       monkeypatch, view):
+    from hmem.chrc.memory import ErrorMemory
+
+    cfg = tiny({"chrc": {"memory": {"update_view": view, "capacity": 200}}})
+    data = prepare(cfg.data)
+    pretrained = load_or_pretrain(cfg, data, cache_dir)
+    learner = OnlineLearner(cfg, pretrained.model, data.n_vars, data.horizon)
+    series = RevealedSeries(data, load_or_compute_base_forecasts(pretrained, data), cfg.chrc)
+    seen = []  # (window being updated, origins of what it retrieved)
+    original = ErrorMemory.search
+
+    def recording(memory, query, k, latest_origin=None):
+        found = original(memory, query, k, latest_origin)
+        if query.requires_grad:  # an update, not a forecast
+            seen.append((series.clock - 48 - 12, memory.origin[found.slots].tolist()))
+        return found
+
+    monkeypatch.setattr(ErrorMemory, "search", recording)
+    _stream(learner, series, data.segments["test"].window_starts(48, 12)[:120])
+    assert len(seen) > 50
+    newest = [max(origins) - window for window, origins in seen]
+    if view == "forecast_time":
+        assert max(newest) <= -12  # nothing newer than window - H
+    else:
+        assert max(newest) > -12  # the literal reading sees the windows just before
