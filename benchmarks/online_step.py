@@ -2,11 +2,12 @@
 
     python benchmarks/online_step.py --data-dir ../shared/data [--variants p2p7p8_frozen p2p7p8]
 
-One step is what the online loop does per test window: update on the recent window (forward,
-backward, AdamW, memory write) and forecast the current one. Memories are filled first (the
-validation warm-up, then test steps until every bucket holds ``capacity`` entries), so the timed
-steps pay for full-size retrieval and eviction. One torch thread unless --threads says otherwise.
-Prints median, 10th / 90th percentile and mean per variant.
+Each variant runs eager and with ``runtime.compile`` (compilation happens during the untimed
+warm-up). One step is what the online loop does per test window: update on the recent window
+(forward, backward, AdamW, memory write) and forecast the current one. Memories are filled first
+(the validation warm-up, then test steps until every bucket holds ``capacity`` entries), so the
+timed steps pay for full-size retrieval and eviction. One torch thread unless --threads says
+otherwise. Prints median, 10th / 90th percentile and mean per variant and mode.
 """
 
 from __future__ import annotations
@@ -24,8 +25,10 @@ from hmem.online.stream import RevealedSeries
 from hmem.spaces import load_space
 
 
-def time_variant(space, variant: str, dataset: str, args: argparse.Namespace) -> list[float]:
-    cfg = space.trial_config(variant, dataset)
+def time_variant(
+    space, variant: str, dataset: str, compiled: bool, args: argparse.Namespace
+) -> list[float]:
+    cfg = space.trial_config(variant, dataset, overrides={"runtime": {"compile": compiled}})
     data = prepare(cfg.data, args.data_dir)
     torch.set_num_threads(2)
     pretrained = load_or_pretrain(cfg, data, args.cache_dir)
@@ -70,16 +73,20 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--steps", type=int, default=2000)
     parser.add_argument("--warm", type=int, default=200)
+    parser.add_argument("--modes", nargs="+", default=["eager", "compiled"],
+                        choices=["eager", "compiled"], help="runtime.compile off / on")
     args = parser.parse_args()
 
     space = load_space(args.space)
     print(f"{args.dataset}, {args.threads} thread(s), {args.steps} timed steps after full memories")
-    print(f"{'variant':<16} {'median':>8} {'p10':>8} {'p90':>8} {'mean':>8}  (ms per step)")
+    print(f"{'variant':<16} {'mode':<9} {'median':>8} {'p10':>8} {'p90':>8} {'mean':>8}"
+          f"  (ms per step)")
     for variant in args.variants:
-        times = sorted(time_variant(space, variant, args.dataset, args))
-        p10, p90 = times[len(times) // 10], times[(9 * len(times)) // 10]
-        print(f"{variant:<16} {statistics.median(times):8.3f} {p10:8.3f} {p90:8.3f} "
-              f"{statistics.fmean(times):8.3f}")
+        for mode in args.modes:
+            times = sorted(time_variant(space, variant, args.dataset, mode == "compiled", args))
+            p10, p90 = times[len(times) // 10], times[(9 * len(times)) // 10]
+            print(f"{variant:<16} {mode:<9} {statistics.median(times):8.3f} {p10:8.3f} "
+                  f"{p90:8.3f} {statistics.fmean(times):8.3f}", flush=True)
 
 
 if __name__ == "__main__":

@@ -80,7 +80,7 @@ class BaseForecasts:
     def __getitem__(self, start: int) -> torch.Tensor:
         return self.forecasts[start - self.first_start]
 
-    def to(self, device: torch.device) -> "BaseForecasts":
+    def to(self, device: torch.device) -> BaseForecasts:
         return BaseForecasts(self.first_start, self.forecasts.to(device))
 
 

@@ -25,11 +25,13 @@ log = logging.getLogger("hmem")
 def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("space", help="search-space YAML, e.g. search_spaces/control.yaml")
     parser.add_argument("--dataset", required=True,
-                        help="ETTm1, Weather, synthetic (as the space defines them) or a .csv/.csv.gz path")
+                        help="ETTm1, Weather, synthetic (as the space defines them) or a "
+                        ".csv/.csv.gz path")
     parser.add_argument("--data-dir", default=None,
                         help="folder with the benchmark files (default: $HMEM_DATA_DIR)")
     parser.add_argument("--cache-dir", default=None,
-                        help="pretrained-artefact cache (default: $HMEM_CACHE_DIR or ~/.cache/hmem)")
+                        help="pretrained-artefact cache (default: $HMEM_CACHE_DIR or "
+                        "~/.cache/hmem)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override one config value, e.g. --set online.lr=3e-5 (repeatable)")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -45,6 +47,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--seed", type=int, default=None, help="default: the space's first seed")
     run.add_argument("--out", default=None,
                      help="results folder (default: results/runs/SPACE/VARIANT-DATASET-sSEED)")
+    run.add_argument("--progress-every", type=int, default=5000, metavar="N",
+                     help="log the running test MSE every N windows (default 5000)")
     run.set_defaults(handler=_cmd_run)
 
     pretrain = commands.add_parser("pretrain", help="pretrain (or load) a backbone and its cache")
@@ -63,6 +67,12 @@ def _overrides(args: argparse.Namespace) -> dict:
     return parse_set_overrides(args.overrides)
 
 
+def _log_progress(progress) -> None:
+    log.info("test stream: %d/%d windows, running MSE %.4f over %d scored, %.2f ms/step",
+             progress.windows_done, progress.windows_total, progress.running_mse,
+             progress.scored, progress.ms_per_step)
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
     from hmem.spaces import load_space
     from hmem.trial import TrialIdentity, run_trial_and_save
@@ -72,7 +82,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
     identity = TrialIdentity(space.name, args.variant, args.dataset, cfg.seed)
     out = Path(args.out or Path("results") / "runs" / space.name / identity.label())
     result = run_trial_and_save(cfg, identity, out, data_dir=args.data_dir,
-                                cache_dir=args.cache_dir)
+                                cache_dir=args.cache_dir, progress=_log_progress,
+                                progress_every=args.progress_every)
     m = result.metrics
     print(
         f"{identity.label()} [{m['regime']}]: MSE {m['mse']:.4f}  MAE {m['mae']:.4f}  "

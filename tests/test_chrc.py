@@ -82,7 +82,10 @@ def test_eviction_combines_normalised_terms():
     for i, scale in enumerate([1.0, 4.0, 2.0, 3.0]):
         memory.write(_unit(4, seed=i), torch.full((2,), scale))
     memory.access[:] = torch.tensor([5.0, 0.0, 1.0, 0.0])
-    norm = lambda x: (x - x.min()) / (x.max() - x.min())
+
+    def norm(x):
+        return (x - x.min()) / (x.max() - x.min())
+
     score = (0.4 * norm(torch.tensor([1.0, 4.0, 2.0, 3.0])) + 0.4 * norm(torch.arange(4.0))
              + 0.2 * norm(torch.tensor([5.0, 0.0, 1.0, 0.0])))
     memory.write(_unit(4, seed=50), torch.zeros(2))

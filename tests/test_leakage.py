@@ -12,7 +12,12 @@ from dataclasses import replace
 import pytest
 import torch
 
-from hmem.artefacts import BaseForecasts, compute_base_forecasts, load_or_pretrain, online_window_range
+from hmem.artefacts import (
+    BaseForecasts,
+    compute_base_forecasts,
+    load_or_pretrain,
+    online_window_range,
+)
 from hmem.data import prepare
 from hmem.errors import LeakageError
 from hmem.online import OnlineLearner, RevealedSeries, run_trial

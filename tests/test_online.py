@@ -127,3 +127,17 @@ def test_updates_retrieve_only_what_existed_when_the_window_was_forecast(tiny, c
         assert max(newest) <= -12  # nothing newer than window - H
     else:
         assert max(newest) > -12  # the literal reading sees the windows just before
+
+
+def test_progress_reports_the_running_mse_of_revealed_windows_only(tiny, run_online, cache_dir):
+    cfg = tiny()
+    data = prepare(cfg.data)
+    pretrained = load_or_pretrain(cfg, data, cache_dir)
+    reports = []
+    result = run_trial(cfg, data, pretrained, progress=reports.append, progress_every=40)
+    assert [r.windows_done for r in reports] == [40, 80, 120, 160]
+    # window j is scored once its target is revealed, when window j + H is forecast
+    assert [r.scored for r in reports] == [28, 68, 108, 148]
+    last = reports[-1]
+    assert last.running_mse == pytest.approx(float(result.curve[:148].mean()), rel=1e-6)
+    assert last.windows_total == 160 and last.ms_per_step > 0

@@ -91,7 +91,8 @@ def pretrain_backbone(cfg: TrialConfig, data: PreparedData) -> tuple[nn.Module, 
         log.info("pretrain epoch %d: train MSE %.4f, validation MSE %.4f", epoch, train_mse,
                  val_mse)
         if val_mse < best_mse:
-            best_state, best_mse, best_epoch, stale = copy.deepcopy(model.state_dict()), val_mse, epoch, 0
+            best_state, best_mse, best_epoch = copy.deepcopy(model.state_dict()), val_mse, epoch
+            stale = 0
         else:
             stale += 1
             if stale >= p.patience:

@@ -12,7 +12,6 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from hmem.chrc.encoder import POGTEncoder
@@ -84,7 +83,10 @@ class CHRC(nn.Module):
         return weights @ errors
 
     def correct(
-        self, query: torch.Tensor, base: torch.Tensor, latest_origin: int | None = None
+        self,
+        query: torch.Tensor,
+        base: torch.Tensor,
+        latest_origin: torch.Tensor | int | None = None,
     ) -> Correction:
         """Correction for one window; ``query [D]``, ``base [H, C]``. Needs ``memory.ready``.
 
@@ -103,6 +105,19 @@ class CHRC(nn.Module):
         if self.mask is not None:
             delta = delta * self.mask
         return Correction(gate * delta, gate.squeeze(0))
+
+
+def corrected_forecast(
+    module: CHRC, pogt: torch.Tensor, base: torch.Tensor, latest_origin: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``base`` plus ``module``'s correction: ``(forecast [H, C], query [D], gate)``.
+
+    A plain function of tensors (``latest_origin`` too), so ``torch.compile`` traces one graph
+    that every bucket's module shares.
+    """
+    query = module.encode(pogt)
+    correction = module.correct(query, base, latest_origin)
+    return base + correction.delta, query, correction.gate
 
 
 class CHRCBank(nn.Module):

@@ -78,7 +78,9 @@ class ErrorMemory(nn.Module):
         Empty slots score ``-inf``."""
         return torch.addcmul(self.empty, self.keys @ query, self.decay)
 
-    def search(self, query: torch.Tensor, k: int, latest_origin: int | None = None) -> Retrieved:
+    def search(
+        self, query: torch.Tensor, k: int, latest_origin: torch.Tensor | int | None = None
+    ) -> Retrieved:
         """Top-``k`` entries for ``query``; counts an access for each. Needs ``ready``.
 
         ``latest_origin`` hides entries of windows that start after it."""

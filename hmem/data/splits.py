@@ -60,7 +60,7 @@ class PreparedData:
     def n_marks(self) -> int:
         return self.marks.shape[1]
 
-    def to(self, device: torch.device) -> "PreparedData":
+    def to(self, device: torch.device) -> PreparedData:
         return replace(self, values=self.values.to(device), marks=self.marks.to(device))
 
     def split_spec(self) -> dict[str, list[int]]:
@@ -97,9 +97,9 @@ def split_borders(raw: RawSeries, cfg: DataConfig) -> dict[str, Segment]:
     for seg in segments.values():
         if seg.start < 0 or seg.end - seg.start < need:
             raise DataError(
-                f"{raw.name}: the {seg.name} split has {max(seg.end - seg.start, 0)} rows (lookback "
-                f"included) but seq_len + 2*H = {need} are needed; the file has {rows} rows in "
-                f"all: use a longer file or a shorter data.seq_len / data.horizon"
+                f"{raw.name}: the {seg.name} split has {max(seg.end - seg.start, 0)} rows "
+                f"(lookback included) but seq_len + 2*H = {need} are needed; the file has {rows} "
+                f"rows in all: use a longer file or a shorter data.seq_len / data.horizon"
             )
     return segments
 

@@ -17,7 +17,7 @@ from torch import nn
 
 
 def flatten_parameters(params: list[nn.Parameter]) -> nn.Parameter:
-    """Make ``params`` views of one new flat parameter (with a zeroed flat ``.grad``) and return it."""
+    """Make ``params`` views of one new flat parameter with a zeroed flat ``.grad``; return it."""
     if not params:
         raise ValueError("flatten_parameters needs at least one parameter")
     first = params[0]

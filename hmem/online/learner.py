@@ -11,10 +11,10 @@ H-Mem run the same protocol on the same stream:
 An update on the recent window: forward (base forecast, retrieval from the memory as it was when
 that window was forecast), MSE against its now fully observed target, one AdamW step on what
 trains (gradient norm clipped jointly), then the delayed write of its error ``target - base``
-keyed by the query the forward already computed. Parameters with no gradient this step are not touched (each P8 bucket has its
-own optimiser state, as separate modules in one optimiser would). While a bucket's memory holds
-fewer than ``min_entries`` entries its correction is off; with a frozen backbone there is then
-nothing to learn and the step only writes.
+keyed by the query the forward already computed. Parameters with no gradient this step are not
+touched (each P8 bucket has its own optimiser state, as separate modules in one optimiser would).
+While a bucket's memory holds fewer than ``min_entries`` usable entries its correction is off;
+with a frozen backbone there is then nothing to learn and the step only writes.
 
 The backbone runs in eval mode online (no dropout): a batch-size-one step gains nothing from it.
 """
@@ -25,8 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from hmem.artefacts import BaseForecasts
-from hmem.chrc import CHRCBank
+from hmem.chrc import CHRCBank, corrected_forecast
 from hmem.config import TrialConfig
 from hmem.online.flat import flatten_parameters
 from hmem.online.stream import RevealedSeries
@@ -34,6 +33,11 @@ from hmem.online.stream import RevealedSeries
 
 def _adamw(flat: nn.Parameter, lr: float, cfg: TrialConfig) -> torch.optim.AdamW:
     return torch.optim.AdamW([flat], lr=lr, weight_decay=cfg.online.weight_decay, fused=True)
+
+
+def _forecast_only(module: nn.Module, pogt: torch.Tensor, base: torch.Tensor):
+    forecast, _, gate = corrected_forecast(module, pogt, base)
+    return forecast, gate
 
 
 class OnlineLearner(nn.Module):
@@ -69,6 +73,17 @@ class OnlineLearner(nn.Module):
             _adamw(flat, lr * cfg.chrc.lr_scale, cfg) for flat in self.bucket_flats
         ]
 
+        # The hot paths: plain functions of tensors, compiled when runtime.compile is on. The
+        # update and the forecast get separate compiled copies (one runs under autograd, the
+        # other in inference mode), each shared by every bucket's module.
+        self._run_backbone = self.backbone
+        self._update_correction = corrected_forecast
+        self._forecast_correction = _forecast_only
+        if cfg.runtime.compile:
+            self._run_backbone = torch.compile(self.backbone)
+            self._update_correction = torch.compile(corrected_forecast)
+            self._forecast_correction = torch.compile(_forecast_only)
+
     @property
     def trainable(self) -> bool:
         return self.trains_backbone or self.bank is not None
@@ -82,7 +97,7 @@ class OnlineLearner(nn.Module):
         if self.needs_base_cache:
             return series.base(start)
         x, marks = series.inputs(start)
-        return self.backbone(x[None], marks[None])[0]
+        return self._run_backbone(x[None], marks[None])[0]
 
     def update(self, series: RevealedSeries, start: int) -> None:
         """Learn from the recent window at ``start`` (its target is revealed), then remember it."""
@@ -95,8 +110,9 @@ class OnlineLearner(nn.Module):
             latest = self._latest_visible(start, series.horizon)
             visible = module.memory.size if latest is None else module.memory.visible(latest)
             if visible >= self.cfg.chrc.memory.min_entries:
-                query = module.encode(series.pogt(start))
-                prediction = base + module.correct(query, base, latest).delta
+                limit = None if latest is None else torch.tensor(latest, device=base.device)
+                prediction, query, _ = self._update_correction(module, series.pogt(start), base,
+                                                               limit)
             else:
                 with torch.no_grad():
                     query = module.encode(series.pogt(start))
@@ -104,7 +120,8 @@ class OnlineLearner(nn.Module):
         if prediction.requires_grad:
             self._step(F.mse_loss(prediction, target), bucket if corrected else None)
         if bucket is not None:
-            self.bank[bucket].memory.write(query.detach(), (target - base).detach().flatten(), start)
+            error = (target - base).detach().flatten()
+            self.bank[bucket].memory.write(query.detach(), error, start)
 
     def _latest_visible(self, start: int, horizon: int) -> int | None:
         """Latest window whose memory entry the update on window ``start`` may retrieve.
@@ -141,10 +158,10 @@ class OnlineLearner(nn.Module):
         module = self.bank[series.bucket(start)]
         if not module.memory.ready:
             return base
-        correction = module.correct(module.encode(series.pogt(start)), base)
-        self.gate_sum += correction.gate
+        forecast, gate = self._forecast_correction(module, series.pogt(start), base)
+        self.gate_sum += gate
         self.corrected += 1
-        return base + correction.delta
+        return forecast
 
     def start_test(self) -> None:
         """The memory starts empty on the test stream; what was learned in warm-up is kept."""

@@ -17,8 +17,9 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
@@ -31,8 +32,40 @@ from hmem.online.stream import RevealedSeries
 
 log = logging.getLogger(__name__)
 
-#: ``progress(windows_done, windows_total)`` is called every ``progress_every`` test windows.
-ProgressFn = Callable[[int, int], None]
+@dataclass(frozen=True)
+class Progress:
+    """Where a test stream stands; passed to the progress callback every ``progress_every``."""
+
+    windows_done: int
+    windows_total: int
+    scored: int  # windows whose targets are revealed and scored so far
+    running_mse: float  # MSE over those windows
+    seconds: float  # since the stream started
+
+    @property
+    def ms_per_step(self) -> float:
+        return 1000.0 * self.seconds / max(self.windows_done, 1)
+
+
+ProgressFn = Callable[[Progress], None]
+
+
+class _RunningScore:
+    """Scores forecasts once their targets are revealed: the running MSE the loop can report."""
+
+    def __init__(self, series: RevealedSeries, starts: range, forecasts: torch.Tensor) -> None:
+        self.series, self.starts, self.forecasts = series, starts, forecasts
+        self.scored, self.total = 0, 0.0
+
+    def update(self) -> float:
+        revealed = self.series.clock - self.series.seq_len - self.series.horizon
+        ready = min(max(revealed - self.starts[0] + 1, 0), len(self.starts))
+        if ready > self.scored:
+            window = self.starts[self.scored : ready]
+            err = self.forecasts[self.scored : ready] - self.series.targets(window)
+            self.total += float(err.pow(2).mean(dim=(1, 2)).sum())
+            self.scored = ready
+        return self.total / self.scored if self.scored else float("nan")
 
 
 @dataclass
@@ -66,6 +99,7 @@ def _stream(
 ) -> StreamOutcome:
     horizon, seq_len = series.horizon, series.seq_len
     forecasts = torch.empty(len(starts), horizon, series.n_vars, device=series.device)
+    score = _RunningScore(series, starts, forecasts)
     began = time.perf_counter()
     for j, start in enumerate(starts):
         series.reveal_until(start + seq_len)
@@ -73,7 +107,8 @@ def _stream(
             learner.update(series, start - horizon)
         forecasts[j] = learner.predict(series, start)
         if progress is not None and (j + 1) % progress_every == 0:
-            progress(j + 1, len(starts))
+            mse = score.update()
+            progress(Progress(j + 1, len(starts), score.scored, mse, time.perf_counter() - began))
     return StreamOutcome(starts, forecasts, time.perf_counter() - began)
 
 
