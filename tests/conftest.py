@@ -68,6 +68,6 @@ def run_online(cache_dir):
     def run(cfg, data=None, base=None):
         data = data if data is not None else prepare(cfg.data)
         pretrained = load_or_pretrain(cfg, data, cache_dir)
-        return run_trial(cfg, data, pretrained, base=base), data
+        return run_trial(cfg, data, pretrained, base=base, keep_forecasts=True), data
 
     return run

@@ -46,7 +46,7 @@ def test_forecasts_issued_before_t_ignore_every_row_from_t(tiny, cache_dir, regi
         first, last = online_window_range(d)
         base = BaseForecasts(first, compute_base_forecasts(pretrained.model, d, first, last))
         fresh = load_or_pretrain(cfg, d, cache_dir)  # same weights, untouched by earlier runs
-        return run_trial(cfg, d, fresh, base=base).forecasts
+        return run_trial(cfg, d, fresh, base=base, keep_forecasts=True).forecasts
 
     original, leaked = forecasts(data), forecasts(perturbed)
     assert torch.equal(original[:91], leaked[:91])

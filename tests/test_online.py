@@ -10,8 +10,8 @@ from hmem.artefacts import load_or_compute_base_forecasts, load_or_pretrain
 from hmem.data import prepare
 from hmem.data.calendar import time_buckets
 from hmem.errors import NumericalError
-from hmem.online import OnlineLearner, RevealedSeries, run_trial
-from hmem.online.runner import _stream
+from hmem.online import OnlineLearner, run_trial
+from hmem.online.runner import OnlineRun
 
 
 def test_same_config_and_seed_give_identical_numbers(tiny, run_online):
@@ -52,31 +52,28 @@ def test_baselines_share_the_stream(tiny, run_online, cache_dir):
 def test_warmup_trains_and_the_test_stream_starts_with_empty_memories(tiny, cache_dir):
     cfg = tiny()
     data = prepare(cfg.data)
-    pretrained = load_or_pretrain(cfg, data, cache_dir)
-    learner = OnlineLearner(cfg, pretrained.model, data.n_vars, data.horizon)
-    before = [flat.detach().clone() for flat in learner.bucket_flats]
-    series = RevealedSeries(data, load_or_compute_base_forecasts(pretrained, data), cfg.chrc)
-    _stream(learner, series, data.segments["val"].window_starts(48, 12)[:60])
-    assert all(m.memory.size > 0 for m in learner.bank)
-    trained = [flat.detach().clone() for flat in learner.bucket_flats]
-    assert any(not torch.equal(a, b) for a, b in zip(before, trained))
-    learner.start_test()
-    assert all(m.memory.size == 0 for m in learner.bank)
-    assert all(torch.equal(a, flat) for a, flat in zip(trained, learner.bucket_flats))
+    run = OnlineRun(cfg, data, load_or_pretrain(cfg, data, cache_dir))
+    before = {k: v.clone() for k, v in run.learner.bank.state_dict().items()
+              if isinstance(v, torch.Tensor)}
+    run.advance(59)  # 60 warm-up windows
+    assert run.phase == "warmup" and all(m.memory.size > 0 for m in run.learner.bank)
+    run.advance(1)
+    assert run.phase == "test" and run.position == 0
+    assert all(m.memory.size == 0 for m in run.learner.bank)  # emptied for the test stream
+    after = run.learner.bank.state_dict()
+    trained = [k for k in before if "memory" not in k and not torch.equal(before[k], after[k])]
+    assert trained  # ...but what the warm-up learned is kept
 
 
 def test_each_window_uses_the_bucket_of_its_last_input_row(tiny, cache_dir):
-    cfg = tiny({"chrc": {"memory": {"capacity": 500}}})
+    cfg = tiny({"chrc": {"memory": {"capacity": 500}}, "online": {"warmup": False}})
     data = prepare(cfg.data)
-    pretrained = load_or_pretrain(cfg, data, cache_dir)
-    learner = OnlineLearner(cfg, pretrained.model, data.n_vars, data.horizon)
-    series = RevealedSeries(data, load_or_compute_base_forecasts(pretrained, data), cfg.chrc)
-    starts = data.segments["test"].window_starts(48, 12)[:100]
-    _stream(learner, series, starts)
+    run = OnlineRun(cfg, data, load_or_pretrain(cfg, data, cache_dir))
+    run.advance(100)
     rows = time_buckets(data.dates, 2)
-    recent = [s - 12 for s in starts]
+    recent = [s - 12 for s in run.streams["test"][:100]]
     expected = [sum(rows[s + 47] == b for s in recent) for b in range(2)]
-    assert [m.memory.writes for m in learner.bank] == expected
+    assert [m.memory.writes for m in run.learner.bank] == expected
     assert min(expected) > 10  # both buckets really used
 
 
@@ -96,7 +93,7 @@ def test_non_finite_forecasts_stop_the_run_with_the_window(tiny, cache_dir):
     with torch.no_grad():
         pretrained.model.linear.bias[3] = float("nan")
     with pytest.raises(NumericalError, match=r"test stream: the forecast of window 0 \(row \d+\) "
-                                              r"is not finite; 160 windows"):
+                                              r"is not finite; \d+ windows are affected"):
         run_trial(cfg, data, pretrained)
 
 
@@ -105,22 +102,21 @@ def test_updates_retrieve_only_what_existed_when_the_window_was_forecast(tiny, c
                                                                        monkeypatch, view):
     from hmem.chrc.memory import ErrorMemory
 
-    cfg = tiny({"chrc": {"memory": {"update_view": view, "capacity": 200}}})
+    cfg = tiny({"chrc": {"memory": {"update_view": view, "capacity": 200}},
+                "online": {"warmup": False}})
     data = prepare(cfg.data)
-    pretrained = load_or_pretrain(cfg, data, cache_dir)
-    learner = OnlineLearner(cfg, pretrained.model, data.n_vars, data.horizon)
-    series = RevealedSeries(data, load_or_compute_base_forecasts(pretrained, data), cfg.chrc)
+    run = OnlineRun(cfg, data, load_or_pretrain(cfg, data, cache_dir))
     seen = []  # (window being updated, origins of what it retrieved)
     original = ErrorMemory.search
 
     def recording(memory, query, k, latest_origin=None):
         found = original(memory, query, k, latest_origin)
         if query.requires_grad:  # an update, not a forecast
-            seen.append((series.clock - 48 - 12, memory.origin[found.slots].tolist()))
+            seen.append((run.series.clock - 48 - 12, memory.origin[found.slots].tolist()))
         return found
 
     monkeypatch.setattr(ErrorMemory, "search", recording)
-    _stream(learner, series, data.segments["test"].window_starts(48, 12)[:120])
+    run.advance(120)
     assert len(seen) > 50
     newest = [max(origins) - window for window, origins in seen]
     if view == "forecast_time":
@@ -141,3 +137,36 @@ def test_progress_reports_the_running_mse_of_revealed_windows_only(tiny, run_onl
     last = reports[-1]
     assert last.running_mse == pytest.approx(float(result.curve[:148].mean()), rel=1e-6)
     assert last.windows_total == 160 and last.ms_per_step > 0
+
+
+@pytest.mark.parametrize("overrides", [{}, {"backbone": {"online_lr_scale": 0.1}}])
+def test_a_run_saved_at_any_window_continues_with_identical_numbers(tiny, cache_dir, tmp_path,
+                                                                  overrides):
+    cfg = tiny(overrides)
+    data = prepare(cfg.data)
+
+    def fresh():
+        return OnlineRun(cfg, data, load_or_pretrain(cfg, data, cache_dir), keep_forecasts=True)
+
+    whole = fresh()
+    whole.advance()
+    expected = whole.result()
+
+    def save_and_reload(run):
+        torch.save(run.state_dict(), tmp_path / "state.pt")
+        again = fresh()
+        again.load_state_dict(torch.load(tmp_path / "state.pt", weights_only=True))
+        return again
+
+    run = fresh()
+    run.advance(37)  # mid warm-up
+    run = save_and_reload(run)
+    run.advance(23 + 50)  # past the end of the warm-up, mid test stream
+    assert run.phase == "test" and run.position == 50
+    run = save_and_reload(run)
+    run.advance()
+    got = run.result()
+    assert torch.equal(got.curve, expected.curve) and torch.equal(got.curve_mae, expected.curve_mae)
+    assert torch.equal(got.forecasts, expected.forecasts)
+    assert got.metrics["mse"] == expected.metrics["mse"]
+    assert got.metrics["mean_gate"] == expected.metrics["mean_gate"]

@@ -21,6 +21,10 @@ The backbone runs in eval mode online (no dropout): a batch-size-one step gains 
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -31,8 +35,33 @@ from hmem.online.flat import flatten_parameters
 from hmem.online.stream import RevealedSeries
 
 
-def _adamw(flat: nn.Parameter, lr: float, cfg: TrialConfig) -> torch.optim.AdamW:
-    return torch.optim.AdamW([flat], lr=lr, weight_decay=cfg.online.weight_decay, fused=True)
+@dataclass
+class _Trainable:
+    """A part that trains: its parameters as one flat tensor, and that tensor's AdamW."""
+
+    flat: nn.Parameter
+    optimiser: torch.optim.AdamW
+
+    @classmethod
+    def of(cls, module: nn.Module, lr: float, cfg: TrialConfig) -> _Trainable:
+        flat = flatten_parameters(list(module.parameters()))
+        optimiser = torch.optim.AdamW(
+            [flat], lr=lr, weight_decay=cfg.online.weight_decay, fused=True
+        )
+        return cls(flat, optimiser)
+
+
+@dataclass
+class _HotPaths:
+    """The functions every step calls; compiled when ``runtime.compile`` is on.
+
+    The update and the forecast get separate compiled copies (one runs under autograd, the other
+    in inference mode); each is shared by every bucket's module.
+    """
+
+    backbone: Callable[..., torch.Tensor]
+    update_correction: Callable[..., tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
+    forecast_correction: Callable[..., tuple[torch.Tensor, torch.Tensor]]
 
 
 def _forecast_only(module: nn.Module, pogt: torch.Tensor, base: torch.Tensor):
@@ -56,37 +85,31 @@ class OnlineLearner(nn.Module):
         torch.manual_seed(cfg.seed)
         self.bank = CHRCBank(cfg.chrc, n_vars, horizon).to(device) if cfg.chrc.enabled else None
         # Sum of applied gates over corrected forecasts (a diagnostic for TensorBoard).
-        self.register_buffer("gate_sum", torch.zeros((), device=device), persistent=False)
+        self.register_buffer("gate_sum", torch.zeros((), device=device))
         self.corrected = 0  # forecasts that had a correction
 
-        # Each part that trains gets one flat parameter and its own AdamW (see hmem.online.flat).
         lr = cfg.online.lr
-        self.backbone_flat = (
-            flatten_parameters(list(self.backbone.parameters())) if self.trains_backbone else None
+        self._backbone_part = (
+            _Trainable.of(self.backbone, lr * cfg.backbone.online_lr_scale, cfg)
+            if self.trains_backbone else None
         )
-        self.backbone_optimiser = (
-            _adamw(self.backbone_flat, lr * cfg.backbone.online_lr_scale, cfg)
-            if self.backbone_flat is not None else None
-        )
-        self.bucket_flats = [flatten_parameters(list(m.parameters())) for m in self.bank or []]
-        self.bucket_optimisers = [
-            _adamw(flat, lr * cfg.chrc.lr_scale, cfg) for flat in self.bucket_flats
+        self._bucket_parts = [
+            _Trainable.of(module, lr * cfg.chrc.lr_scale, cfg) for module in self.bank or []
         ]
-
-        # The hot paths: plain functions of tensors, compiled when runtime.compile is on. The
-        # update and the forecast get separate compiled copies (one runs under autograd, the
-        # other in inference mode), each shared by every bucket's module.
-        self._run_backbone = self.backbone
-        self._update_correction = corrected_forecast
-        self._forecast_correction = _forecast_only
+        hot = _HotPaths(self.backbone, corrected_forecast, _forecast_only)
         if cfg.runtime.compile:
-            self._run_backbone = torch.compile(self.backbone)
-            self._update_correction = torch.compile(corrected_forecast)
-            self._forecast_correction = torch.compile(_forecast_only)
+            hot = _HotPaths(*(torch.compile(fn) for fn in (hot.backbone, hot.update_correction,
+                                                           hot.forecast_correction)))
+        self._hot = hot
 
     @property
     def trainable(self) -> bool:
         return self.trains_backbone or self.bank is not None
+
+    @property
+    def trainable_parameters(self) -> int:
+        parts = [self._backbone_part, *self._bucket_parts]
+        return sum(part.flat.numel() for part in parts if part is not None)
 
     @property
     def needs_base_cache(self) -> bool:
@@ -97,7 +120,7 @@ class OnlineLearner(nn.Module):
         if self.needs_base_cache:
             return series.base(start)
         x, marks = series.inputs(start)
-        return self._run_backbone(x[None], marks[None])[0]
+        return self._hot.backbone(x[None], marks[None])[0]
 
     def update(self, series: RevealedSeries, start: int) -> None:
         """Learn from the recent window at ``start`` (its target is revealed), then remember it."""
@@ -111,13 +134,14 @@ class OnlineLearner(nn.Module):
             visible = module.memory.size if latest is None else module.memory.visible(latest)
             if visible >= self.cfg.chrc.memory.min_entries:
                 limit = None if latest is None else torch.tensor(latest, device=base.device)
-                prediction, query, _ = self._update_correction(module, series.pogt(start), base,
-                                                               limit)
+                prediction, query, _ = self._hot.update_correction(
+                    module, series.pogt(start), base, limit
+                )
             else:
                 with torch.no_grad():
                     query = module.encode(series.pogt(start))
-        corrected = query is not None and query.requires_grad
         if prediction.requires_grad:
+            corrected = query is not None and query.requires_grad
             self._step(F.mse_loss(prediction, target), bucket if corrected else None)
         if bucket is not None:
             error = (target - base).detach().flatten()
@@ -136,18 +160,14 @@ class OnlineLearner(nn.Module):
     def _step(self, loss: torch.Tensor, bucket: int | None) -> None:
         """One optimiser step on the backbone (if it trains) and the bucket that corrected."""
         loss.backward()
-        flats, optimisers = [], []
-        if self.backbone_flat is not None:
-            flats.append(self.backbone_flat)
-            optimisers.append(self.backbone_optimiser)
+        parts = [self._backbone_part] if self._backbone_part is not None else []
         if bucket is not None:
-            flats.append(self.bucket_flats[bucket])
-            optimisers.append(self.bucket_optimisers[bucket])
+            parts.append(self._bucket_parts[bucket])
         if self.cfg.online.grad_clip:
-            torch.nn.utils.clip_grad_norm_(flats, self.cfg.online.grad_clip)
-        for flat, optimiser in zip(flats, optimisers):
-            optimiser.step()
-            flat.grad.zero_()  # in place: the parameters' .grad are views of it
+            torch.nn.utils.clip_grad_norm_([p.flat for p in parts], self.cfg.online.grad_clip)
+        for part in parts:
+            part.optimiser.step()
+            part.flat.grad.zero_()  # in place: the parameters' .grad are views of it
 
     @torch.inference_mode()
     def predict(self, series: RevealedSeries, start: int) -> torch.Tensor:
@@ -158,7 +178,7 @@ class OnlineLearner(nn.Module):
         module = self.bank[series.bucket(start)]
         if not module.memory.ready:
             return base
-        forecast, gate = self._forecast_correction(module, series.pogt(start), base)
+        forecast, gate = self._hot.forecast_correction(module, series.pogt(start), base)
         self.gate_sum += gate
         self.corrected += 1
         return forecast
@@ -169,3 +189,30 @@ class OnlineLearner(nn.Module):
             self.bank.clear_memories()
         self.gate_sum.zero_()
         self.corrected = 0
+
+    # ------------------------------------------------------------------ checkpoints
+
+    def checkpoint_state(self) -> dict[str, Any]:
+        """Everything that decides the numbers to come: what trains, its optimiser state, the
+        memories (buffers and counters) and the diagnostics. A frozen backbone is not saved."""
+        modules = {"bank": self.bank.state_dict() if self.bank is not None else None}
+        if self.trains_backbone:
+            modules["backbone"] = self.backbone.state_dict()
+        parts = [self._backbone_part, *self._bucket_parts]
+        return {
+            **modules,
+            "optimisers": [p.optimiser.state_dict() for p in parts if p is not None],
+            "gate_sum": self.gate_sum.clone(),
+            "corrected": self.corrected,
+        }
+
+    def load_checkpoint_state(self, state: dict[str, Any]) -> None:
+        if self.bank is not None:
+            self.bank.load_state_dict(state["bank"])
+        if self.trains_backbone:
+            self.backbone.load_state_dict(state["backbone"])
+        parts = [p for p in (self._backbone_part, *self._bucket_parts) if p is not None]
+        for part, saved in zip(parts, state["optimisers"], strict=True):
+            part.optimiser.load_state_dict(saved)
+        self.gate_sum.copy_(state["gate_sum"])
+        self.corrected = int(state["corrected"])

@@ -5,11 +5,16 @@ For every window ``s`` of a stream, in time order (reference section 1):
 1. reveal rows up to ``s + L`` (the current window's input end);
 2. update on the recent window ``s - H``, whose target ends exactly there;
 3. write its error into the memory (inside the learner's update);
-4. forecast window ``s`` with no gradient; that forecast is what the metrics score.
+4. forecast window ``s`` with no gradient; that forecast is what the metrics score, as soon as
+   its target is revealed (``H`` windows later).
 
 The validation segment runs first as warm-up when ``online.warmup`` is on (parameters train,
 memory fills); the memory is cleared when the test stream starts and the parameters are kept.
 A method with nothing to train (``frozen``) takes its forecasts from the cache in one step.
+
+:class:`OnlineRun` holds all of this as explicit state: it can stop after any window, be saved
+with :meth:`OnlineRun.state_dict` and continue from there, with the same numbers on CPU as a run
+that never stopped.
 """
 
 from __future__ import annotations
@@ -32,6 +37,9 @@ from hmem.online.stream import RevealedSeries
 
 log = logging.getLogger(__name__)
 
+_STATE_FORMAT = 1
+
+
 @dataclass(frozen=True)
 class Progress:
     """Where a test stream stands; passed to the progress callback every ``progress_every``."""
@@ -40,7 +48,9 @@ class Progress:
     windows_total: int
     scored: int  # windows whose targets are revealed and scored so far
     running_mse: float  # MSE over those windows
-    seconds: float  # since the stream started
+    seconds: float  # online seconds of the test stream so far
+    memory_fill: float  # mean fraction of memory capacity in use (0 without CHRC)
+    mean_gate: float | None  # mean applied CHRC gate over corrected forecasts so far
 
     @property
     def ms_per_step(self) -> float:
@@ -50,37 +60,12 @@ class Progress:
 ProgressFn = Callable[[Progress], None]
 
 
-class _RunningScore:
-    """Scores forecasts once their targets are revealed: the running MSE the loop can report."""
-
-    def __init__(self, series: RevealedSeries, starts: range, forecasts: torch.Tensor) -> None:
-        self.series, self.starts, self.forecasts = series, starts, forecasts
-        self.scored, self.total = 0, 0.0
-
-    def update(self) -> float:
-        revealed = self.series.clock - self.series.seq_len - self.series.horizon
-        ready = min(max(revealed - self.starts[0] + 1, 0), len(self.starts))
-        if ready > self.scored:
-            window = self.starts[self.scored : ready]
-            err = self.forecasts[self.scored : ready] - self.series.targets(window)
-            self.total += float(err.pow(2).mean(dim=(1, 2)).sum())
-            self.scored = ready
-        return self.total / self.scored if self.scored else float("nan")
-
-
-@dataclass
-class StreamOutcome:
-    starts: range
-    forecasts: torch.Tensor  # [N, H, C]
-    seconds: float
-
-
 @dataclass
 class RunResult:
     metrics: dict[str, Any]
     curve: torch.Tensor  # per-window test MSE [N]
     curve_mae: torch.Tensor  # per-window test MAE [N]
-    forecasts: torch.Tensor = field(repr=False)  # [N, H, C], scaled units
+    forecasts: torch.Tensor | None = field(default=None, repr=False)  # [N, H, C] if kept
 
 
 def resolve_device(cfg: TrialConfig) -> torch.device:
@@ -90,40 +75,254 @@ def resolve_device(cfg: TrialConfig) -> torch.device:
     return torch.device(cfg.runtime.device)
 
 
-def _stream(
-    learner: OnlineLearner,
-    series: RevealedSeries,
-    starts: range,
-    progress: ProgressFn | None = None,
-    progress_every: int = 1000,
-) -> StreamOutcome:
-    horizon, seq_len = series.horizon, series.seq_len
-    forecasts = torch.empty(len(starts), horizon, series.n_vars, device=series.device)
-    score = _RunningScore(series, starts, forecasts)
-    began = time.perf_counter()
-    for j, start in enumerate(starts):
-        series.reveal_until(start + seq_len)
-        if learner.trainable:
-            learner.update(series, start - horizon)
-        forecasts[j] = learner.predict(series, start)
-        if progress is not None and (j + 1) % progress_every == 0:
-            mse = score.update()
-            progress(Progress(j + 1, len(starts), score.scored, mse, time.perf_counter() - began))
-    return StreamOutcome(starts, forecasts, time.perf_counter() - began)
-
-
-def _check_finite(forecasts: torch.Tensor, starts: range, stream: str) -> None:
-    bad = (~torch.isfinite(forecasts)).flatten(1).any(dim=1).nonzero()
-    if len(bad):
-        first = int(bad[0])
-        raise NumericalError(
-            f"{stream} stream: the forecast of window {first} (row {starts[first]}) is not "
-            f"finite; {len(bad)} windows are affected. Lower online.lr or enable online.grad_clip"
-        )
-
-
 def _limit(window_starts: range, limit: int | None) -> range:
     return window_starts if limit is None else window_starts[:limit]
+
+
+class _Scores:
+    """Per-window MSE and MAE of one stream, filled in as targets are revealed.
+
+    The last ``H`` forecasts wait in a ring buffer until their targets end; the forecast of
+    window ``j`` is scored when window ``j + H`` is forecast, so no score ever reads ahead.
+    """
+
+    def __init__(self, starts: range, horizon: int, n_vars: int, device: torch.device) -> None:
+        self.starts = starts
+        self.mse = torch.full((len(starts),), float("nan"), device=device)
+        self.mae = torch.full((len(starts),), float("nan"), device=device)
+        self.pending = torch.zeros(horizon, horizon, n_vars, device=device)
+        self.scored = 0
+        self._checked = 0  # scores before this index are known to be finite
+
+    def add(self, j: int, forecast: torch.Tensor, series: RevealedSeries) -> None:
+        slot = j % len(self.pending)
+        if j >= len(self.pending):
+            self._score(j - len(self.pending), self.pending[slot], series)
+        self.pending[slot] = forecast
+
+    def finish(self, series: RevealedSeries) -> None:
+        """Score the windows still waiting; their targets must be revealed by now."""
+        for j in range(self.scored, len(self.starts)):
+            self._score(j, self.pending[j % len(self.pending)], series)
+
+    def _score(self, j: int, forecast: torch.Tensor, series: RevealedSeries) -> None:
+        error = forecast - series.target(self.starts[j])
+        self.mse[j] = error.pow(2).mean()
+        self.mae[j] = error.abs().mean()
+        self.scored = j + 1
+
+    def check_finite(self, stream: str) -> None:
+        begin, self._checked = self._checked, self.scored
+        bad = (~torch.isfinite(self.mse[begin : self.scored])).nonzero()
+        if len(bad):
+            first = begin + int(bad[0])
+            raise NumericalError(
+                f"{stream} stream: the forecast of window {first} (row {self.starts[first]}) is "
+                f"not finite; {len(bad)} windows are affected so far. Lower online.lr or enable "
+                f"online.grad_clip"
+            )
+
+    def running_mse(self) -> float:
+        return float(self.mse[: self.scored].mean()) if self.scored else float("nan")
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"mse": self.mse, "mae": self.mae, "pending": self.pending, "scored": self.scored}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.mse.copy_(state["mse"])
+        self.mae.copy_(state["mae"])
+        self.pending.copy_(state["pending"])
+        self.scored = self._checked = int(state["scored"])
+
+
+class OnlineRun:
+    """One trial's online phase (warm-up, then test) as explicit, checkpointable state."""
+
+    def __init__(
+        self,
+        cfg: TrialConfig,
+        data: PreparedData,
+        pretrained: Pretrained,
+        base: BaseForecasts | None = None,
+        *,
+        keep_forecasts: bool = False,
+    ) -> None:
+        self.cfg = cfg
+        device = resolve_device(cfg)
+        self.learner = OnlineLearner(cfg, pretrained.model, data.n_vars, data.horizon, device)
+        if self.learner.needs_base_cache and base is None:
+            base = load_or_compute_base_forecasts(pretrained, data)
+        self.base = base.to(device) if self.learner.needs_base_cache else None
+        self.data = data.to(device)
+        self.series = RevealedSeries(self.data, self.base, cfg.chrc if cfg.chrc.enabled else None)
+        L, H = data.seq_len, data.horizon
+        self.streams = {
+            "warmup": _limit(data.segments["val"].window_starts(L, H), cfg.data.max_val_windows),
+            "test": _limit(data.segments["test"].window_starts(L, H), cfg.data.max_test_windows),
+        }
+        self.scores = {
+            name: _Scores(starts, H, data.n_vars, device) for name, starts in self.streams.items()
+        }
+        self.phase = "warmup" if self.learner.trainable and cfg.online.warmup else "test"
+        self.warmed_up = self.phase == "warmup"
+        self.position = 0  # next window of the current phase
+        self.seconds = {"warmup": 0.0, "test": 0.0}
+        n_test = len(self.streams["test"])
+        self.forecasts = (
+            torch.empty(n_test, H, data.n_vars, device=device) if keep_forecasts else None
+        )
+        if self.phase == "test":
+            self.learner.start_test()
+
+    @property
+    def done(self) -> bool:
+        return self.phase == "done"
+
+    @property
+    def test_windows_done(self) -> int:
+        return {"warmup": 0, "test": self.position, "done": len(self.streams["test"])}[self.phase]
+
+    def advance(
+        self,
+        max_windows: int | None = None,
+        progress: ProgressFn | None = None,
+        progress_every: int = 1000,
+    ) -> None:
+        """Process up to ``max_windows`` more windows (all that remain when ``None``)."""
+        budget = math.inf if max_windows is None else max_windows
+        while not self.done and budget > 0:
+            if self.phase == "test" and not self.learner.trainable and self.base is not None:
+                self._take_cached_forecasts()
+                break
+            starts = self.streams[self.phase]
+            chunk = min(len(starts) - self.position, budget)
+            if self.phase == "test" and progress is not None:
+                chunk = min(chunk, progress_every - self.position % progress_every)
+            self._stream(self.phase, self.position, self.position + int(chunk))
+            budget -= chunk
+            if self.phase == "test" and progress is not None and (
+                self.position % progress_every == 0 or self.position == len(starts)
+            ):
+                progress(self.progress())
+            if self.position == len(starts):
+                self._end_phase()
+
+    def _stream(self, phase: str, first: int, stop: int) -> None:
+        starts, scores = self.streams[phase], self.scores[phase]
+        learner, series = self.learner, self.series
+        horizon, seq_len = series.horizon, series.seq_len
+        began = time.perf_counter()
+        for j in range(first, stop):
+            start = starts[j]
+            series.reveal_until(start + seq_len)
+            if learner.trainable:
+                learner.update(series, start - horizon)
+            forecast = learner.predict(series, start)
+            scores.add(j, forecast, series)
+            if phase == "test" and self.forecasts is not None:
+                self.forecasts[j] = forecast
+        self.seconds[phase] += time.perf_counter() - began
+        self.position = stop
+        scores.check_finite("validation" if phase == "warmup" else "test")
+
+    def _take_cached_forecasts(self) -> None:
+        """Nothing learns: every forecast is the cached one, scored in one vectorised pass."""
+        starts, scores = self.streams["test"], self.scores["test"]
+        self.series.reveal_until(starts[-1] + self.series.seq_len + self.series.horizon)
+        first = starts[0] - self.base.first_start
+        forecasts = self.base.forecasts[first : first + len(starts)]
+        errors = forecasts - self.series.targets(starts)
+        scores.mse.copy_(errors.pow(2).mean(dim=(1, 2)))
+        scores.mae.copy_(errors.abs().mean(dim=(1, 2)))
+        scores.scored = len(starts)
+        scores.check_finite("test")
+        if self.forecasts is not None:
+            self.forecasts.copy_(forecasts)
+        self.position = len(starts)
+        self.phase = "done"
+
+    def _end_phase(self) -> None:
+        if self.phase == "warmup":
+            starts = self.streams["warmup"]
+            self.series.reveal_until(starts[-1] + self.series.seq_len + self.series.horizon)
+            self.scores["warmup"].finish(self.series)
+            log.info("warm-up: %d validation windows in %.1f s", len(starts),
+                     self.seconds["warmup"])
+            self.learner.start_test()
+            self.phase, self.position = "test", 0
+        else:
+            starts = self.streams["test"]
+            self.series.reveal_until(starts[-1] + self.series.seq_len + self.series.horizon)
+            self.scores["test"].finish(self.series)
+            self.scores["test"].check_finite("test")
+            self.phase = "done"
+
+    def progress(self) -> Progress:
+        learner = self.learner
+        fill = (
+            sum(m.memory.size / m.memory.cfg.capacity for m in learner.bank) / len(learner.bank)
+            if learner.bank is not None else 0.0
+        )
+        gate = float(learner.gate_sum) / learner.corrected if learner.corrected else None
+        return Progress(self.test_windows_done, len(self.streams["test"]),
+                        self.scores["test"].scored, self.scores["test"].running_mse(),
+                        self.seconds["test"], fill, gate)
+
+    def result(self) -> RunResult:
+        if not self.done:
+            raise RuntimeError("the run has not finished: call advance() until done")
+        test, learner = self.scores["test"], self.learner
+        mse = float(test.mse.mean())
+        steps = len(self.streams["test"])
+        warmup_steps = len(self.streams["warmup"]) if self.warmed_up else 0
+        metrics = {
+            "mse": mse,
+            "mae": float(test.mae.mean()),
+            "rmse": math.sqrt(mse),
+            "steps": steps,
+            "test_windows": steps,
+            "warmup_steps": warmup_steps,
+            "warmup_mse": self.scores["warmup"].running_mse() if warmup_steps else None,
+            "seconds_online": self.seconds["test"],
+            "seconds_warmup": self.seconds["warmup"],
+            "ms_per_step": 1000.0 * self.seconds["test"] / steps,
+            "mean_gate": float(learner.gate_sum) / learner.corrected if learner.corrected
+            else None,
+            "corrected_fraction": learner.corrected / steps,
+            "memory_entries": [m.memory.size for m in learner.bank] if learner.bank else [],
+            "trainable_parameters": learner.trainable_parameters,
+        }
+        return RunResult(metrics, test.mse.cpu(), test.mae.cpu(),
+                         None if self.forecasts is None else self.forecasts.cpu())
+
+    # ------------------------------------------------------------------ checkpoints
+
+    def state_dict(self) -> dict[str, Any]:
+        """Plain tensors, numbers and strings: loadable with ``torch.load(weights_only=True)``."""
+        return {
+            "format": _STATE_FORMAT,
+            "phase": self.phase,
+            "position": self.position,
+            "clock": self.series.clock,
+            "seconds": dict(self.seconds),
+            "learner": self.learner.checkpoint_state(),
+            "scores": {name: s.state_dict() for name, s in self.scores.items()},
+            "forecasts": self.forecasts,
+            "rng": torch.get_rng_state(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state.get("format") != _STATE_FORMAT:
+            raise ValueError(f"unknown online-run state format {state.get('format')!r}")
+        self.phase, self.position = state["phase"], int(state["position"])
+        self.series.clock = int(state["clock"])
+        self.seconds = dict(state["seconds"])
+        self.learner.load_checkpoint_state(state["learner"])
+        for name, scores in self.scores.items():
+            scores.load_state_dict(state["scores"][name])
+        if self.forecasts is not None and state["forecasts"] is not None:
+            self.forecasts.copy_(state["forecasts"])
+        torch.set_rng_state(state["rng"])
 
 
 def run_trial(
@@ -133,64 +332,12 @@ def run_trial(
     base: BaseForecasts | None = None,
     progress: ProgressFn | None = None,
     progress_every: int = 1000,
+    keep_forecasts: bool = False,
 ) -> RunResult:
-    """Run warm-up (if on) and the test stream; score every test window."""
+    """Run warm-up (if on) and the test stream to the end; score every test window."""
     began = time.perf_counter()
-    device = resolve_device(cfg)
-    learner = OnlineLearner(cfg, pretrained.model, data.n_vars, data.horizon, device)
-    if learner.needs_base_cache and base is None:
-        base = load_or_compute_base_forecasts(pretrained, data)
-    data = data.to(device)
-    base = base.to(device) if base is not None else None
-    series = RevealedSeries(data, base, cfg.chrc if cfg.chrc.enabled else None)
-    val_starts = _limit(data.segments["val"].window_starts(data.seq_len, data.horizon),
-                        cfg.data.max_val_windows)
-    test_starts = _limit(data.segments["test"].window_starts(data.seq_len, data.horizon),
-                         cfg.data.max_test_windows)
-
-    warmup: StreamOutcome | None = None
-    if learner.trainable and cfg.online.warmup:
-        warmup = _stream(learner, series, val_starts)
-        _check_finite(warmup.forecasts, val_starts, "validation")
-        log.info("warm-up: %d validation windows in %.1f s", len(val_starts), warmup.seconds)
-    learner.start_test()
-
-    if learner.trainable or base is None:
-        test = _stream(learner, series, test_starts, progress, progress_every)
-    else:  # nothing learns: every forecast is the cached one, read in one go
-        series.reveal_until(test_starts[-1] + data.seq_len)
-        first = test_starts[0] - base.first_start
-        test = StreamOutcome(test_starts, base.forecasts[first : first + len(test_starts)].clone(),
-                             0.0)
-    _check_finite(test.forecasts, test_starts, "test")
-
-    series.reveal_until(test_starts[-1] + data.seq_len + data.horizon)
-    errors = test.forecasts - series.targets(test_starts)
-    curve = errors.pow(2).mean(dim=(1, 2))
-    curve_mae = errors.abs().mean(dim=(1, 2))
-    mse = float(curve.mean())
-    steps = len(test_starts)
-    metrics = {
-        "mse": mse,
-        "mae": float(curve_mae.mean()),
-        "rmse": math.sqrt(mse),
-        "steps": steps,
-        "test_windows": steps,
-        "warmup_steps": len(warmup.starts) if warmup else 0,
-        "warmup_mse": _warmup_mse(series, warmup) if warmup else None,
-        "seconds_online": test.seconds,
-        "seconds_warmup": warmup.seconds if warmup else 0.0,
-        "seconds_total": time.perf_counter() - began,
-        "ms_per_step": 1000.0 * test.seconds / steps,
-        "mean_gate": float(learner.gate_sum) / learner.corrected if learner.corrected else None,
-        "corrected_fraction": learner.corrected / steps,
-        "memory_entries": [m.memory.size for m in learner.bank] if learner.bank else [],
-        "trainable_parameters": sum(
-            p.numel() for p in learner.parameters() if p.requires_grad
-        ),
-    }
-    return RunResult(metrics, curve, curve_mae, test.forecasts)
-
-
-def _warmup_mse(series: RevealedSeries, warmup: StreamOutcome) -> float:
-    return float((warmup.forecasts - series.targets(warmup.starts)).pow(2).mean())
+    run = OnlineRun(cfg, data, pretrained, base, keep_forecasts=keep_forecasts)
+    run.advance(progress=progress, progress_every=progress_every)
+    result = run.result()
+    result.metrics["seconds_total"] = time.perf_counter() - began
+    return result
