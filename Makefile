@@ -20,14 +20,9 @@ $(STAMP): requirements.txt pyproject.toml
 
 setup: $(STAMP)
 
-# The P2+P7+P8 control on ETTm1 when the data directory has it, else on the synthetic series.
+# A real ablation search on an embedded local Ray (127.0.0.1): the quickstart space, 8 trials.
 demo: $(STAMP)
-	@if [ -f "$(HMEM_DATA_DIR)/ETTm1.csv.gz" ] || [ -f "$(HMEM_DATA_DIR)/ETTm1.csv" ]; then \
-		$(BIN)/hmem run search_spaces/control.yaml --variant p2p7p8 --dataset ETTm1; \
-	else \
-		echo "no ETTm1 in $(HMEM_DATA_DIR): running on the synthetic series"; \
-		$(BIN)/hmem run search_spaces/control.yaml --variant p2p7p8 --dataset synthetic; \
-	fi
+	$(BIN)/hmem tune launch search_spaces/quickstart.yaml --name quickstart-$$(date +%Y%m%d-%H%M%S)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest

@@ -58,7 +58,44 @@ def build_parser() -> argparse.ArgumentParser:
     pretrain.add_argument("--variant", default=None,
                           help="take the backbone config from this variant (default: the first)")
     pretrain.set_defaults(handler=_cmd_pretrain)
+
+    tune = commands.add_parser("tune", help="run a search space on Ray Tune")
+    tune_commands = tune.add_subparsers(dest="tune_command", required=True)
+    launch = tune_commands.add_parser("launch", help="run the search (local Ray by default)")
+    _tune_common(launch)
+    launch.add_argument("--address", default=None,
+                        help="Ray cluster: auto, HOST:PORT or ray://HOST:PORT (default: an "
+                        "embedded local instance on 127.0.0.1)")
+    launch.add_argument("--resume", action="store_true",
+                        help="continue the interrupted experiment STORAGE/NAME")
+    launch.add_argument("--dry-run", action="store_true",
+                        help="print the trials and the pretraining runs; start nothing")
+    launch.set_defaults(handler=_cmd_tune_launch)
+
+    submit = tune_commands.add_parser("submit", help="submit the launch as a Ray job")
+    _tune_common(submit)
+    submit.add_argument("--address", required=True,
+                        help="the cluster's job API, e.g. http://127.0.0.1:8265")
+    submit.add_argument("--pip", action="store_true",
+                        help="install requirements.txt into the job's environment")
+    submit.set_defaults(handler=_cmd_tune_submit)
     return parser
+
+
+def _tune_common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("space", help="search-space YAML, e.g. search_spaces/quickstart.yaml")
+    parser.add_argument("--storage", default=None,
+                        help="experiment storage, a path or URI (default: the space's storage "
+                        "or results/tune)")
+    parser.add_argument("--name", default=None, help="experiment name (default: the space's)")
+    parser.add_argument("--data-dir", default=None,
+                        help="folder with the benchmark files (default: $HMEM_DATA_DIR)")
+    parser.add_argument("--cache-dir", default=None,
+                        help="pretrained-artefact cache (default: $HMEM_CACHE_DIR or "
+                        "~/.cache/hmem)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[],
+                        metavar="KEY=VALUE", help="override a config value in every trial")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
 
 
 def _overrides(args: argparse.Namespace) -> dict:
@@ -74,19 +111,19 @@ def _log_progress(progress) -> None:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from hmem.spaces import load_space
-    from hmem.trial import TrialIdentity, run_trial_and_save
+    from hmem.spaces import Cell, load_space
+    from hmem.trial import run_trial_and_save
 
     space = load_space(args.space)
     cfg = space.trial_config(args.variant, args.dataset, args.seed, _overrides(args))
-    identity = TrialIdentity(space.name, args.variant, args.dataset, cfg.seed)
-    out = Path(args.out or Path("results") / "runs" / space.name / identity.label())
-    result = run_trial_and_save(cfg, identity, out, data_dir=args.data_dir,
+    cell = Cell(args.variant, args.dataset, cfg.seed)
+    out = Path(args.out or Path("results") / "runs" / space.name / cell.label())
+    result = run_trial_and_save(cfg, space.name, cell, out, data_dir=args.data_dir,
                                 cache_dir=args.cache_dir, progress=_log_progress,
                                 progress_every=args.progress_every)
     m = result.metrics
     print(
-        f"{identity.label()} [{m['regime']}]: MSE {m['mse']:.4f}  MAE {m['mae']:.4f}  "
+        f"{cell.label()} [{m['regime']}]: MSE {m['mse']:.4f}  MAE {m['mae']:.4f}  "
         f"RMSE {m['rmse']:.4f} | {m['steps']} steps, {m['ms_per_step']:.2f} ms/step, "
         f"{m['seconds_total']:.1f} s online (+{m['pretrain_seconds']:.1f} s pretraining"
         f"{', cached' if m['pretrain_cached'] else ''}) -> {out}"
@@ -121,6 +158,40 @@ def _cmd_pretrain(args: argparse.Namespace) -> int:
         f"{len(base.forecasts)} windows; {time.perf_counter() - started:.1f} s in all "
         f"-> {pretrained.directory}"
     )
+    return 0
+
+
+def _cmd_tune_launch(args: argparse.Namespace) -> int:
+    if args.address is None:
+        from tune.loopback import keep_embedded_ray_on_loopback
+
+        keep_embedded_ray_on_loopback()
+    from tune.launcher import LaunchOptions, format_report, launch
+
+    options = LaunchOptions(address=args.address, storage=args.storage, name=args.name,
+                            resume=args.resume, dry_run=args.dry_run, data_dir=args.data_dir,
+                            cache_dir=args.cache_dir, overrides=_overrides(args))
+    report = launch(args.space, options)
+    if report is not None:
+        print(format_report(report))
+        return 1 if report.errored else 0
+    return 0
+
+
+def _cmd_tune_submit(args: argparse.Namespace) -> int:
+    from tune.submit import submit
+
+    forwarded = [args.space]
+    for flag in ("storage", "name", "data_dir", "cache_dir"):
+        value = getattr(args, flag)
+        if value is not None:
+            forwarded += [f"--{flag.replace('_', '-')}", value]
+    for item in args.overrides:
+        forwarded += ["--set", item]
+    job = submit(args.address, forwarded, pip=args.pip)
+    print(f"submitted job {job}\n  follow its logs: ray job logs --follow {job} "
+          f"--address {args.address}\n  status:          ray job status {job} "
+          f"--address {args.address}")
     return 0
 
 

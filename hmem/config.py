@@ -252,14 +252,16 @@ def format_validation_error(err: ValidationError, source: str) -> str:
     """One line per problem: ``source: dotted.key: what was expected (got value)``."""
     lines = []
     for problem in err.errors():
-        path = ".".join(str(part) for part in problem["loc"]) or "(top level)"
-        message = problem["msg"]
+        path = ".".join(str(part) for part in problem["loc"])
+        message = problem["msg"].removeprefix("Value error, ")
+        got = ""
         if problem["type"] == "extra_forbidden":
             message = "unknown key (check its spelling and nesting)"
-        got = f" (got {problem['input']!r})" if problem["type"] != "extra_forbidden" else ""
-        if problem["type"] in {"missing", "model_type"} or isinstance(problem["input"], dict):
-            got = ""
-        lines.append(f"{source}: {path}: {message}{got}")
+        elif problem["type"] not in {"missing", "model_type", "value_error"} and not isinstance(
+            problem["input"], dict
+        ):
+            got = f" (got {problem['input']!r})"
+        lines.append(f"{source}: {path + ': ' if path else ''}{message}{got}")
     return "\n".join(lines)
 
 

@@ -14,31 +14,153 @@ file and the dotted key in the message.
       frozen: {chrc: {enabled: false}}
       p2p7p8: {backbone: {online_lr_scale: 0.1}}
     seeds: [0, 1]
+
+How a space runs on Ray Tune (``hmem tune launch``) is part of the same file: ``search`` (``grid``
+over variants x datasets x seeds, or ``optuna`` over declared ranges), an optional ``scheduler``,
+``resources`` per trial, ``max_concurrent``, ``report_every`` / ``checkpoint_every`` (in test
+windows), ``max_failures`` and ``storage``. None of it changes a trial's numbers.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from hmem.config import TrialConfig, build_trial_config, format_validation_error
 from hmem.data.loading import BUILTIN_FILES, SYNTHETIC
 from hmem.errors import ConfigError
 
 
-class SearchSpace(BaseModel):
+class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
+
+class Distribution(_Strict):
+    """A range Optuna samples one config value from."""
+
+    type: Literal["uniform", "loguniform", "int", "choice"]
+    low: float | None = None
+    high: float | None = None
+    values: list[Any] | None = None
+
+    @model_validator(mode="after")
+    def _complete(self) -> Distribution:
+        if self.type == "choice":
+            if not self.values:
+                raise ValueError("a choice needs a non-empty 'values' list")
+            return self
+        if self.low is None or self.high is None:
+            raise ValueError(f"a {self.type} range needs 'low' and 'high'")
+        if self.low >= self.high:
+            raise ValueError(f"'low' must be below 'high' (low={self.low}, high={self.high})")
+        if self.type == "loguniform" and self.low <= 0:
+            raise ValueError(f"a loguniform range needs low > 0 (low={self.low})")
+        return self
+
+    def bounds(self) -> list[Any]:
+        """Values at the edges of the range, to validate against the config schema."""
+        if self.type == "choice":
+            return list(self.values)
+        if self.type == "int":
+            return [int(self.low), int(self.high)]
+        return [self.low, self.high]
+
+
+class SearchConfig(_Strict):
+    kind: Literal["grid", "optuna"] = "grid"
+    metric: Literal["mse", "mae", "rmse"] = "mse"
+    mode: Literal["min", "max"] = "min"
+    num_samples: int = Field(1, ge=1, description="optuna: trials to sample")
+    params: dict[str, Distribution] = Field(
+        default_factory=dict, description="optuna: dotted config key -> range"
+    )
+    seed: int = Field(0, ge=0, description="optuna: sampler seed")
+
+    @model_validator(mode="after")
+    def _params_match_kind(self) -> SearchConfig:
+        if self.kind == "optuna" and not self.params:
+            raise ValueError("an optuna search needs 'params': dotted config keys with ranges")
+        if self.kind == "grid" and (self.params or self.num_samples != 1):
+            raise ValueError("'params' and 'num_samples' belong to kind: optuna; a grid runs "
+                             "every variant x dataset x seed once")
+        return self
+
+
+class SchedulerConfig(_Strict):
+    """ASHA on the running test MSE; time is counted in reports (``report_every`` windows)."""
+
+    kind: Literal["asha"] = "asha"
+    grace_period: int = Field(3, ge=1)
+    reduction_factor: float = Field(2.0, gt=1)
+    max_t: int = Field(1000, ge=1)
+
+
+class Resources(_Strict):
+    cpu: float = Field(1.0, gt=0)
+    gpu: float = Field(0.0, ge=0, description="a fraction shares one GPU between trials")
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One trial of a grid: which variant, dataset and seed."""
+
+    variant: str
+    dataset: str
+    seed: int
+
+    def label(self) -> str:
+        dataset = Path(self.dataset).name.split(".")[0] if "/" in self.dataset else self.dataset
+        return f"{self.variant}-{dataset}-s{self.seed}"
+
+
+class SearchSpace(_Strict):
     name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
     description: str = ""
     base: dict[str, Any] = Field(default_factory=dict)
     datasets: dict[str, dict[str, Any]] = Field(min_length=1)
     variants: dict[str, dict[str, Any]] = Field(min_length=1)
     seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
+    backbone_per_seed: bool = Field(
+        False, description="false: the repeats share one pretrained backbone per dataset and "
+        "vary the seed of what trains online; true: each seed pretrains its own backbone"
+    )
+    search: SearchConfig = SearchConfig()
+    scheduler: SchedulerConfig | None = None
+    resources: Resources = Resources()
+    max_concurrent: int | None = Field(None, ge=1)
+    report_every: int = Field(1000, ge=1, description="test windows between Tune reports")
+    checkpoint_every: int = Field(5000, ge=1, description="test windows between checkpoints")
+    max_failures: int = Field(2, ge=0, description="restarts of a trial from its checkpoint")
+    storage: str | None = Field(None, description="default experiment storage (path or URI)")
     _source: str = PrivateAttr("search space")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> SearchSpace:
+        if self.checkpoint_every % self.report_every:
+            raise ValueError(
+                f"checkpoint_every must be a multiple of report_every, since a checkpoint rides "
+                f"on a report (checkpoint_every={self.checkpoint_every}, "
+                f"report_every={self.report_every})"
+            )
+        if self.search.kind == "optuna" and (len(self.variants) > 1 or len(self.datasets) > 1):
+            raise ValueError(
+                "an optuna search tunes one variant on one dataset; this space has variants "
+                f"{list(self.variants)} and datasets {list(self.datasets)}: write one space per "
+                "combination, or use kind: grid"
+            )
+        return self
 
     @property
     def source(self) -> str:
@@ -85,19 +207,39 @@ class SearchSpace(BaseModel):
                 f"{', '.join(self.variants)}"
             )
         chosen_seed = self.seeds[0] if seed is None else seed
+        per_seed = {"pretrain": {"seed": chosen_seed}} if self.backbone_per_seed else {}
         return build_trial_config(
             self.base,
             self.dataset_layer(dataset),
             self.variants[variant],
-            {"seed": chosen_seed},
+            {"seed": chosen_seed, **per_seed},
             overrides or {},
             source=f"{self.source} (variant {variant}, dataset {dataset})",
         )
+
+    def cells(self) -> list[Cell]:
+        """Every trial of the grid, variants outermost (the order the file declares them)."""
+        return [Cell(v, d, s) for v in self.variants for d in self.datasets for s in self.seeds]
 
     def validate_all(self) -> None:
         for dataset in self.datasets:
             for variant in self.variants:
                 self.trial_config(variant, dataset)
+                for key, distribution in self.search.params.items():
+                    for value in distribution.bounds():
+                        self.trial_config(variant, dataset, overrides=dotted_to_tree({key: value}))
+
+
+def dotted_to_tree(flat: dict[str, Any]) -> dict[str, Any]:
+    """``{"online.lr": 1e-5}`` -> ``{"online": {"lr": 1e-5}}``."""
+    tree: dict[str, Any] = {}
+    for key, value in flat.items():
+        node = tree
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    return tree
 
 
 def load_space(path: str | Path) -> SearchSpace:

@@ -11,6 +11,11 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+# Ray is imported by some tests: keep every Ray instance they start on 127.0.0.1 (see
+# tune/loopback.py). This must happen before the first import of Ray.
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+
 import pytest
 
 from hmem.config import build_trial_config

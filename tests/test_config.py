@@ -84,7 +84,7 @@ def test_space_errors_name_file_and_key(tmp_path):
         ("name: s\ndatasets: {synthetic: {}}\nvariants: {a: {}}\nseeds: [1, 1]\n",
          r"seeds: .*distinct"),
         ("name: s\ndatasets: {}\nvariants: {a: {}}\n", r"datasets: .*at least 1 item"),
-        ("name: s\ndatasets: {synthetic: {}}\nvariants: {a: {}}\nsearch: grid\n", r"search: unknown key"),
+        ("name: s\ndatasets: {synthetic: {}}\nvariants: {a: {}}\nsearhc: {}\n", r"searhc: unknown key"),
         ("name: [s\n", r"not valid YAML"),
         ("- a\n- b\n", r"expected a mapping"),
     ]

@@ -1,0 +1,313 @@
+"""Searches on real Ray, on 127.0.0.1 only: the quickstart end to end, a trial whose worker is
+killed, a driver that is killed, a two-node cluster, and Optuna with ASHA.
+
+Each Ray instance a test starts is stopped by the handles the test holds (``ray.shutdown()``,
+the process groups of the ``ray start`` and ``hmem`` processes it launched), never by name.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import ray
+import torch
+
+from hmem.artefacts import load_or_pretrain
+from hmem.data import prepare
+from hmem.online import run_trial
+from hmem.spaces import Cell, load_space
+from tune.launcher import LaunchOptions, launch
+
+REPO = Path(__file__).resolve().parents[1]
+HMEM = [sys.executable, "-m", "hmem.cli"]
+
+
+@pytest.fixture
+def ray_shutdown():
+    yield
+    ray.shutdown()
+
+
+def _trials(experiment: Path) -> dict[str, Path]:
+    """Trial label (``variant-dataset-sSEED``, plus the folder for sampled trials) -> folder."""
+    trials = {}
+    for folder in experiment.iterdir():
+        if (folder / "params.json").exists():
+            params = json.loads((folder / "params.json").read_text())
+            label = Cell(**params["cell"]).label()
+            trials[f"{label}#{folder.name}" if "sampled" in params else label] = folder
+    return trials
+
+
+def _results(folder: Path) -> list[dict]:
+    path = folder / "result.json"
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def _hmem_run_mse(space_path, variant, seed, cache_dir) -> float:
+    space = load_space(space_path)
+    cfg = space.trial_config(variant, next(iter(space.datasets)), seed)
+    data = prepare(cfg.data)
+    torch.set_num_threads(cfg.runtime.threads)
+    return run_trial(cfg, data, load_or_pretrain(cfg, data, cache_dir)).metrics["mse"]
+
+
+def _space(tmp_path: Path, name: str, body: str) -> Path:
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(f"name: {name}\n" + body)
+    return path
+
+
+SMALL = """
+base:
+  data: {dataset: synthetic, seq_len: 48, horizon: 12, max_val_windows: 100,
+         synthetic: {rows: 4000, variables: 3}}
+  backbone: {kind: nlinear}
+  pretrain: {epochs: 2}
+  chrc: {feature_dim: 32, hidden_dim: 64, refiner_dim: 64, memory: {capacity: 200}}
+  online: {lr: 1.0e-4}
+datasets: {synthetic: {}}
+"""
+
+
+def _spawn(args: list[str], log: Path, env: dict | None = None) -> subprocess.Popen:
+    return subprocess.Popen([*HMEM, *args], cwd=REPO, stdout=log.open("w"),
+                            stderr=subprocess.STDOUT, start_new_session=True,
+                            env={**os.environ, **(env or {})})
+
+
+def _stop(process: subprocess.Popen, timeout: float = 60) -> None:
+    """End a process group this test started: SIGTERM, then SIGKILL after ``timeout``."""
+    if process.poll() is None:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait(30)
+
+
+def _wait_for(condition, timeout: float, what: str, process: subprocess.Popen | None = None):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        if process is not None and process.poll() is not None:
+            pytest.fail(f"the process ended (exit {process.returncode}) before {what}")
+        time.sleep(0.2)
+    pytest.fail(f"timed out after {timeout} s waiting for {what}")
+
+
+# ----------------------------------------------------------------------------- quickstart
+
+
+def test_quickstart_end_to_end(tmp_path, cache_dir, ray_shutdown):
+    space = REPO / "search_spaces" / "quickstart.yaml"
+    report = launch(space, LaunchOptions(storage=str(tmp_path), cache_dir=str(cache_dir)))
+    assert report.trials == 8 and report.errored == 0 and report.backbones == 1
+    experiment = Path(report.experiment_path)
+
+    # Ray's own loader reads the experiment; every trial finished with the full stream scored
+    analysis = ray.tune.ExperimentAnalysis(str(experiment))
+    assert {trial.status for trial in analysis.trials} == {"TERMINATED"}
+    frame = analysis.dataframe()
+    assert len(frame) == 8 and (frame["scored"] == 2977).all()
+    trials = _trials(experiment)
+    assert len(trials) == 8
+    for label, folder in trials.items():
+        metrics = json.loads((folder / "metrics.json").read_text())
+        assert label == f"{metrics['variant']}-synthetic-s{metrics['seed']}"
+        assert metrics["backbone_source"] == "object_store"
+        assert len(pd.read_csv(folder / "curve.csv")) == metrics["steps"] == 2977
+        assert json.loads((folder / "config.json").read_text())["seed"] == metrics["seed"]
+        assert list((folder / "tensorboard").glob("events.out.tfevents.*"))  # per-window curve
+        assert list(folder.glob("events.out.tfevents.*"))  # Tune's running metrics
+
+    # each trial gives exactly what `hmem run` gives for the same variant and seed
+    for variant, seed in [("frozen", 0), ("online_slow", 1), ("p2p7p8", 0), ("p2p7p8_frozen", 1)]:
+        tuned = json.loads((trials[f"{variant}-synthetic-s{seed}"] / "metrics.json").read_text())
+        assert tuned["mse"] == _hmem_run_mse(space, variant, seed, cache_dir), variant
+    assert [row["variant"] for row in report.best] == ["p2p7p8"]
+
+
+# ----------------------------------------------------------------------------- resume
+
+
+def test_a_killed_trial_resumes_from_its_checkpoint_with_the_same_mse(tmp_path, cache_dir):
+    space = _space(tmp_path, "killtrial", SMALL + """
+variants: {p2p7p8_frozen: {}}
+report_every: 100
+checkpoint_every: 200
+max_failures: 2
+""")
+    storage = tmp_path / "out"
+    driver = _spawn(["tune", "launch", str(space), "--storage", str(storage),
+                     "--cache-dir", str(cache_dir)], tmp_path / "driver.log")
+    try:
+        experiment = storage / "killtrial"
+
+        def checkpointed_pid():
+            for folder in _trials(experiment).values() if experiment.exists() else []:
+                rows = _results(folder)
+                if rows and rows[-1]["windows"] >= 400:  # past the first two checkpoints
+                    return rows[-1]["pid"], folder
+            return None
+
+        pid, folder = _wait_for(checkpointed_pid, 240, "the trial's second checkpoint", driver)
+        os.kill(pid, signal.SIGKILL)
+        assert driver.wait(300) == 0, (tmp_path / "driver.log").read_text()[-3000:]
+    finally:
+        _stop(driver)
+    rows = _results(folder)
+    pids = list(dict.fromkeys(row["pid"] for row in rows))
+    assert len(pids) == 2 and pids[0] == pid  # it ran in two worker processes...
+    restarted = [row["windows"] for row in rows if row["pid"] == pids[1]]
+    assert restarted[0] > 200  # ...and the second went on from a checkpoint, not from scratch
+    metrics = json.loads((folder / "metrics.json").read_text())
+    assert metrics["mse"] == _hmem_run_mse(space, "p2p7p8_frozen", 0, cache_dir)
+
+
+def test_an_interrupted_experiment_resumes_without_rerunning_finished_trials(tmp_path,
+                                                                           cache_dir):
+    space = _space(tmp_path, "killdriver", SMALL + """
+variants: {p2p7p8_frozen: {}, online_slow: {chrc: {enabled: false}, backbone: {online_lr_scale: 0.1}}}
+seeds: [0, 1]
+max_concurrent: 1
+report_every: 200
+checkpoint_every: 400
+""")
+    storage = tmp_path / "out"
+    args = ["tune", "launch", str(space), "--storage", str(storage), "--cache-dir", str(cache_dir)]
+    driver = _spawn(args, tmp_path / "first.log")
+    experiment = storage / "killdriver"
+    try:
+        def two_terminated():  # as the experiment's own state records them
+            if not list(experiment.glob("experiment_state-*.json")):
+                return None
+            try:
+                trials = ray.tune.ExperimentAnalysis(str(experiment)).trials
+            except Exception:  # the state file is being rewritten
+                return None
+            done = [trial for trial in trials if trial.status == "TERMINATED"]
+            return done if len(done) >= 2 else None
+
+        finished = _wait_for(two_terminated, 240, "two finished trials", driver)
+    finally:
+        os.killpg(driver.pid, signal.SIGKILL)  # the driver and the Ray it started, at once
+        driver.wait(30)
+    folders = _trials(experiment)
+    labels = [Cell(**trial.config["cell"]).label() for trial in finished]
+    before = {label: (folders[label] / "metrics.json").stat().st_mtime_ns for label in labels}
+
+    resumed = _spawn([*args, "--resume"], tmp_path / "second.log")
+    try:
+        assert resumed.wait(400) == 0, (tmp_path / "second.log").read_text()[-3000:]
+    finally:
+        _stop(resumed)
+    trials = _trials(experiment)
+    assert len(trials) == 4 and all((f / "metrics.json").exists() for f in trials.values())
+    for label, mtime in before.items():
+        assert (trials[label] / "metrics.json").stat().st_mtime_ns == mtime, label  # not re-run
+
+
+# ----------------------------------------------------------------------------- cluster
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.2", 0))
+        return sock.getsockname()[1]
+
+
+def test_trials_run_on_both_nodes_of_a_two_node_cluster(tmp_path, cache_dir):
+    port = _free_port()
+    ray_cli = str(Path(sys.executable).with_name("ray"))
+    auth = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)}
+    # Ray 2.60 swaps 127.0.0.1 (in --node-ip-address and --address) for the machine's outward
+    # address whenever multi-node support is on, which joining a second node needs. Other
+    # loopback addresses are kept, so the head runs on 127.0.0.2 and the second node on
+    # 127.0.0.3: every byte stays on loopback, and the two nodes are told apart by address.
+    loopback = {**os.environ, **auth, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "1"}
+    head = subprocess.Popen(
+        [ray_cli, "start", "--head", "--node-ip-address=127.0.0.2", f"--port={port}",
+         "--num-cpus=1", "--include-dashboard=false", "--disable-usage-stats", "--block"],
+        stdout=(tmp_path / "head.log").open("w"), stderr=subprocess.STDOUT,
+        start_new_session=True, env=loopback)
+    worker = None
+    try:
+        time.sleep(8)
+        worker = subprocess.Popen(
+            [ray_cli, "start", f"--address=127.0.0.2:{port}", "--node-ip-address=127.0.0.3",
+             "--num-cpus=1", "--disable-usage-stats", "--block"],
+            stdout=(tmp_path / "worker.log").open("w"), stderr=subprocess.STDOUT,
+            start_new_session=True, env=loopback)
+        space = _space(tmp_path, "twonodes", SMALL + """
+variants: {p2p7p8_frozen: {}, online_slow: {chrc: {enabled: false}, backbone: {online_lr_scale: 0.1}}}
+seeds: [0, 1]
+""")
+        driver = _spawn(["tune", "launch", str(space), "--storage", str(tmp_path / "out"),
+                         "--cache-dir", str(cache_dir), "--address", f"127.0.0.2:{port}"],
+                        tmp_path / "driver.log", env=loopback)
+        try:
+            assert driver.wait(400) == 0, (tmp_path / "driver.log").read_text()[-3000:]
+        finally:
+            _stop(driver)
+        trials = _trials(tmp_path / "out" / "twonodes")
+        metrics = [json.loads((f / "metrics.json").read_text()) for f in trials.values()]
+        assert len(metrics) == 4
+        ips = {row["node_ip"] for f in trials.values() for row in _results(f)}
+        assert ips == {"127.0.0.2", "127.0.0.3"}  # both nodes ran trials, both on loopback
+        assert {m["backbone_source"] for m in metrics} == {"object_store"}  # none pretrained
+        assert len({m["backbone_key"] for m in metrics}) == 1
+    finally:
+        for process in (worker, head):
+            if process is not None:
+                _stop(process, timeout=45)
+
+
+# ----------------------------------------------------------------------------- optuna
+
+
+def test_optuna_search_with_asha(tmp_path, cache_dir, ray_shutdown):
+    space = _space(tmp_path, "optuna", SMALL + """
+variants: {p2p7p8_frozen: {}}
+search:
+  kind: optuna
+  num_samples: 4
+  seed: 3
+  params:
+    online.lr: {type: loguniform, low: 1.0e-5, high: 1.0e-3}
+    chrc.retrieval.top_k: {type: int, low: 2, high: 8}
+scheduler: {kind: asha, grace_period: 2, max_t: 100}
+max_concurrent: 2
+report_every: 200
+checkpoint_every: 400
+""")
+    report = launch(space, LaunchOptions(storage=str(tmp_path), cache_dir=str(cache_dir)))
+    assert report.trials == 4 and report.errored == 0
+    trials = _trials(Path(report.experiment_path))
+    sampled = {label: json.loads((f / "params.json").read_text())["sampled"]
+               for label, f in trials.items()}
+    assert len(sampled) == 4
+    lrs = [s["online.lr"] for s in sampled.values()]
+    assert len(set(lrs)) == 4 and all(1e-5 <= lr <= 1e-3 for lr in lrs)  # Optuna sampled them
+    assert all(2 <= s["chrc.retrieval.top_k"] <= 8 for s in sampled.values())
+    completed = {label: f for label, f in trials.items() if (f / "metrics.json").exists()}
+    assert completed  # at least the best one streamed to the end (ASHA may stop others)
+    for label, folder in completed.items():  # ...and ran exactly what was sampled for it
+        config = json.loads((folder / "config.json").read_text())
+        assert config["online"]["lr"] == sampled[label]["online.lr"]
+        assert config["chrc"]["retrieval"]["top_k"] == sampled[label]["chrc.retrieval.top_k"]

@@ -1,0 +1,122 @@
+"""Search spaces as Ray Tune experiments: validation before anything starts, and the dry run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from hmem.cli import main
+from hmem.errors import ConfigError
+from hmem.spaces import load_space
+
+GOOD = """
+name: s
+base: {data: {dataset: synthetic, seq_len: 48, horizon: 12}, backbone: {kind: nlinear}}
+datasets: {synthetic: {}}
+variants: {a: {}, b: {chrc: {enabled: false}}}
+seeds: [0, 1]
+"""
+
+
+def _write(tmp_path, text):
+    path = tmp_path / "space.yaml"
+    path.write_text(text)
+    return path
+
+
+@pytest.mark.parametrize("extra, message", [
+    ("report_every: 300\ncheckpoint_every: 1000\n",
+     r"space\.yaml: checkpoint_every must be a multiple of report_every, .*checkpoint_every=1000, report_every=300"),
+    ("search: {kind: optuna}\n", r"an optuna search needs 'params'"),
+    ("search: {kind: optuna, params: {online.lr: {type: loguniform, low: 1e-6, high: 1e-4}}}\n",
+     r"an optuna search tunes one variant on one dataset; this space has variants \['a', 'b'\]"),
+    ("search: {kind: grid, num_samples: 5}\n", r"'params' and 'num_samples' belong to kind: optuna"),
+    ("resources: {cpu: 0}\n", r"resources\.cpu: Input should be greater than 0"),
+    ("scheduler: {kind: hyperband}\n", r"scheduler\.kind: Input should be 'asha'"),
+    ("max_concurrent: 0\n", r"max_concurrent: Input should be greater than or equal to 1"),
+])
+def test_malformed_tune_settings_are_refused_with_file_and_key(tmp_path, extra, message):
+    with pytest.raises(ConfigError, match=message) as err:
+        load_space(_write(tmp_path, GOOD + extra))
+    assert "space.yaml" in str(err.value)
+
+
+@pytest.mark.parametrize("params, message", [
+    ("{online.lrr: {type: uniform, low: 0.1, high: 0.2}}", r"online\.lrr: unknown key"),
+    ("{online.lr: {type: loguniform, low: 0, high: 1}}", r"loguniform range needs low > 0"),
+    ("{online.lr: {type: uniform, low: 2, high: 1}}", r"'low' must be below 'high' \(low=2\.0, high=1\.0\)"),
+    ("{chrc.memory.capacity: {type: int, low: 0, high: 10}}", r"chrc\.memory\.capacity: Input should be greater than or equal to 1 \(got 0\)"),
+    ("{chrc.retrieval.aggregation: {type: choice, values: [softmax, median]}}", r"aggregation: Input should be 'softmax' or 'weighted_mean'"),
+])
+def test_optuna_ranges_are_checked_against_the_config_schema(tmp_path, params, message):
+    text = GOOD.replace("variants: {a: {}, b: {chrc: {enabled: false}}}", "variants: {a: {}}")
+    text += f"search: {{kind: optuna, num_samples: 4, params: {params}}}\n"
+    with pytest.raises(ConfigError, match=message):
+        load_space(_write(tmp_path, text))
+
+
+def test_nothing_starts_when_the_space_is_bad(tmp_path, capsys):
+    import ray
+
+    path = _write(tmp_path, GOOD + "report_every: 7\ncheckpoint_every: 10\n")
+    assert main(["tune", "launch", str(path), "--storage", str(tmp_path / "out")]) == 2
+    assert "checkpoint_every must be a multiple of report_every" in capsys.readouterr().err
+    assert not ray.is_initialized() and not (tmp_path / "out").exists()
+
+
+def test_dry_run_lists_trials_resources_and_pretraining_runs(tmp_path, capsys):
+    path = _write(tmp_path, GOOD + "resources: {cpu: 2, gpu: 0.25}\n")
+    assert main(["tune", "launch", str(path), "--dry-run", "--storage", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    for label in ("a-synthetic-s0", "a-synthetic-s1", "b-synthetic-s0", "b-synthetic-s1"):
+        assert label in out
+    assert "4 trial(s); 1 pretraining run(s), one per distinct backbone" in out
+    assert "   2 0.25" in out
+    per_seed = _write(tmp_path, GOOD + "backbone_per_seed: true\n")
+    assert main(["tune", "launch", str(per_seed), "--dry-run"]) == 0
+    assert "4 trial(s); 2 pretraining run(s)" in capsys.readouterr().out
+
+
+def test_plan_pretrains_one_backbone_per_dataset(data_dir, capsys):
+    assert main(["tune", "launch", "search_spaces/control.yaml", "--dry-run",
+                 "--data-dir", str(data_dir)]) == 0
+    out = capsys.readouterr().out
+    assert "15 trial(s); 3 pretraining run(s), one per distinct backbone" in out
+
+
+def test_resume_without_an_experiment_is_an_error(tmp_path, capsys):
+    path = _write(tmp_path, GOOD)
+    assert main(["tune", "launch", str(path), "--storage", str(tmp_path), "--resume"]) == 2
+    assert "nothing to resume at" in capsys.readouterr().err
+
+
+def test_submit_sends_the_launch_with_the_project_as_working_dir(monkeypatch, capsys):
+    import tune.submit
+
+    submitted = {}
+
+    class FakeClient:  # Ray's job client, recorded instead of contacting a cluster
+        def __init__(self, address):
+            submitted["address"] = address
+
+        def submit_job(self, entrypoint, runtime_env):
+            submitted.update(entrypoint=entrypoint, runtime_env=runtime_env)
+            return "raysubmit_123"
+
+    monkeypatch.setattr(tune.submit, "JobSubmissionClient", FakeClient)
+    code = main(["tune", "submit", "search_spaces/quickstart.yaml", "--address",
+                 "http://127.0.0.1:8265", "--storage", "/shared/results", "--set",
+                 "online.lr=2e-5", "--pip"])
+    assert code == 0
+    assert submitted["address"] == "http://127.0.0.1:8265"
+    assert submitted["entrypoint"] == (
+        "python -m hmem.cli tune launch search_spaces/quickstart.yaml --storage /shared/results "
+        "--set online.lr=2e-5 --address auto")
+    env = submitted["runtime_env"]
+    assert Path(env["working_dir"], "hmem", "cli.py").is_file()
+    assert ".venv" in env["excludes"] and "*.csv.gz" in env["excludes"]
+    assert "optuna==5.0.0" in env["pip"] and all(not p.startswith("#") for p in env["pip"])
+    out = capsys.readouterr().out
+    assert "submitted job raysubmit_123" in out
+    assert "ray job logs --follow raysubmit_123 --address http://127.0.0.1:8265" in out

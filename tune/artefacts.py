@@ -1,0 +1,119 @@
+"""Pretrained backbones, computed once per search and shipped to trials through the object store.
+
+Before any trial starts, the launcher finds the distinct backbone keys of the search (dataset
+content, split, backbone and pretraining config), pretrains each one as a Ray task (in parallel,
+on any node, reusing the on-disk cache of that node when it has the key) and keeps the results in
+Ray's object store: weights, metadata and, when a trial of that key keeps its backbone frozen,
+the base-forecast cache. Trials on any node read them from there, so no trial pretrains and a
+48-trial search pretrains each backbone exactly once. Large arrays travel as numpy, which the
+object store hands to every trial on a node without copying.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import warnings
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import ray
+import torch
+
+from hmem.artefacts import (
+    BaseForecasts,
+    Pretrained,
+    backbone_key,
+    load_or_compute_base_forecasts,
+    load_or_pretrain,
+)
+from hmem.backbones import build_backbone
+from hmem.config import TrialConfig
+from hmem.data.splits import PreparedData, prepare
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class BackbonePlan:
+    """One distinct backbone of a search and the trials that use it."""
+
+    key: str
+    config: TrialConfig  # the config of its first trial (data, backbone, pretrain)
+    trials: list[str] = field(default_factory=list)
+    needs_base_forecasts: bool = False
+
+
+def plan_backbones(
+    configs: dict[str, TrialConfig], data_dir: str | None
+) -> dict[str, BackbonePlan]:
+    """Group trials (label -> config) by backbone key; the data is read once per data config."""
+    prepared: dict[str, PreparedData] = {}
+    plans: dict[str, BackbonePlan] = {}
+    for label, cfg in configs.items():
+        data_id = cfg.data.model_dump_json()
+        if data_id not in prepared:
+            prepared[data_id] = prepare(cfg.data, data_dir)
+        key = backbone_key(cfg, prepared[data_id])
+        plan = plans.setdefault(key, BackbonePlan(key, cfg))
+        plan.trials.append(label)
+        plan.needs_base_forecasts |= cfg.backbone.frozen_online and cfg.runtime.base_cache
+    return plans
+
+
+def _build(config: dict[str, Any], data_dir: str | None, cache_dir: str, needs_base: bool,
+           threads: int) -> dict[str, Any]:
+    """Ray task: pretrain (or load) one backbone and, if asked, its base forecasts."""
+    cfg = TrialConfig.model_validate(config)
+    torch.set_num_threads(threads)
+    data = prepare(cfg.data, data_dir)
+    pretrained = load_or_pretrain(cfg, data, cache_dir)
+    shipped: dict[str, Any] = {
+        "key": pretrained.key,
+        "meta": pretrained.meta,
+        "loaded_from_cache": pretrained.loaded_from_cache,
+        "state": {name: t.numpy() for name, t in pretrained.model.state_dict().items()},
+        "node": ray.get_runtime_context().get_node_id(),
+    }
+    if needs_base:
+        base = load_or_compute_base_forecasts(pretrained, data)
+        shipped["base_first_start"] = base.first_start
+        shipped["base_forecasts"] = np.ascontiguousarray(base.forecasts.numpy())
+    return shipped
+
+
+def ship_backbones(
+    plans: dict[str, BackbonePlan], data_dir: str | None, cache_dir: str, cpus_per_task: int
+) -> dict[str, ray.ObjectRef]:
+    """Pretrain every planned backbone as a Ray task; return key -> object ref of its artefacts."""
+    task = ray.remote(num_cpus=cpus_per_task)(_build)
+    started = time.perf_counter()
+    refs = {
+        key: task.remote(plan.config.model_dump(), data_dir, cache_dir,
+                         plan.needs_base_forecasts, cpus_per_task)
+        for key, plan in plans.items()
+    }
+    for key, ref in refs.items():
+        shipped = ray.get(ref)
+        how = "loaded from cache" if shipped["loaded_from_cache"] else "pretrained"
+        log.info("backbone %s (%s, %d trials): %s (pretraining took %.1f s)", key,
+                 plans[key].config.data.dataset, len(plans[key].trials), how,
+                 shipped["meta"]["pretrain_seconds"])
+    log.info("%d backbone(s) ready in %.1f s", len(refs), time.perf_counter() - started)
+    return refs
+
+
+def unpack(shipped: dict[str, Any], cfg: TrialConfig, data: PreparedData
+           ) -> tuple[Pretrained, BaseForecasts | None]:
+    """A trial's view of shipped artefacts: the model, and the base forecasts if there are any."""
+    model = build_backbone(cfg.backbone, data.seq_len, data.horizon)
+    with warnings.catch_warnings():  # object-store arrays are read-only; nothing writes to them
+        warnings.simplefilter("ignore", UserWarning)
+        model.load_state_dict({k: torch.from_numpy(v) for k, v in shipped["state"].items()})
+        base = None
+        if "base_forecasts" in shipped:
+            base = BaseForecasts(shipped["base_first_start"],
+                                 torch.from_numpy(shipped["base_forecasts"]))
+    model.eval()
+    return Pretrained(shipped["key"], None, model, shipped["meta"], loaded_from_cache=True), base
