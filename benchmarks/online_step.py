@@ -1,6 +1,8 @@
 """Milliseconds per online step on the ETTm1 shape (C = 7, H = 96, capacity 1000, 4 buckets).
 
     python benchmarks/online_step.py --data-dir ../shared/data [--variants p2p7p8_frozen p2p7p8]
+    python benchmarks/online_step.py --data-dir ../shared/data --space search_spaces/plan.yaml \
+        --modes eager --variants p2p7p8 a1_base a2 b1_bilinear b1_mlp b2 b3
 
 Each variant runs eager and with ``runtime.compile`` (compilation happens during the untimed
 warm-up). One step is what the online loop does per test window: update on the recent window
@@ -23,6 +25,7 @@ from hmem.data.splits import prepare
 from hmem.online.learner import OnlineLearner
 from hmem.online.stream import RevealedSeries
 from hmem.spaces import load_space
+from hmem.variants.contrastive import load_or_pretrain_encoder
 
 
 def time_variant(
@@ -33,7 +36,10 @@ def time_variant(
     torch.set_num_threads(2)
     pretrained = load_or_pretrain(cfg, data, args.cache_dir)
     torch.set_num_threads(args.threads)
-    learner = OnlineLearner(cfg, pretrained.model, data.n_vars, data.horizon)
+    encoder = None
+    if cfg.chrc.enabled and cfg.chrc.contrastive.enabled:
+        encoder = load_or_pretrain_encoder(cfg, data, pretrained, args.cache_dir).state
+    learner = OnlineLearner(cfg, pretrained.model, data.n_vars, data.horizon, encoder=encoder)
     base = load_or_compute_base_forecasts(pretrained, data) if learner.needs_base_cache else None
     series = RevealedSeries(data, base, cfg.chrc if cfg.chrc.enabled else None)
     L, H = data.seq_len, data.horizon

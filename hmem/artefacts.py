@@ -84,12 +84,14 @@ class BaseForecasts:
         return BaseForecasts(self.first_start, self.forecasts.to(device))
 
 
-def _atomic_dir(final: Path) -> Path:
+def atomic_dir(final: Path) -> Path:
+    """A fresh temporary folder beside ``final``, to fill and then :func:`publish`."""
     final.parent.mkdir(parents=True, exist_ok=True)
     return Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
 
 
-def _publish(tmp: Path, final: Path) -> None:
+def publish(tmp: Path, final: Path) -> None:
+    """Rename a filled temporary folder into place; if another process won, keep theirs."""
     try:
         os.rename(tmp, final)
     except OSError:  # another process published the same key first: keep theirs
@@ -129,10 +131,10 @@ def load_or_pretrain(
         "history": report.history,
         "parameters": sum(p.numel() for p in model.parameters()),
     }
-    tmp = _atomic_dir(directory)
+    tmp = atomic_dir(directory)
     torch.save(model.state_dict(), tmp / "weights.pt")
     (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
-    _publish(tmp, directory)
+    publish(tmp, directory)
     log.info("backbone %s: pretrained in %.1f s (best validation MSE %.4f at epoch %d), saved to "
              "%s", key, report.seconds, report.best_val_mse, report.best_epoch, directory)
     return Pretrained(key, directory, model, meta, loaded_from_cache=False)

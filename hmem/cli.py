@@ -59,6 +59,15 @@ def build_parser() -> argparse.ArgumentParser:
                           help="take the backbone config from this variant (default: the first)")
     pretrain.set_defaults(handler=_cmd_pretrain)
 
+    encoder = commands.add_parser(
+        "pretrain-encoder", help="B2: pretrain (or load) the contrastive POGT encoder")
+    _common(encoder)
+    encoder.add_argument("--variant", default=None,
+                         help="a variant with chrc.contrastive on (default: the first such)")
+    encoder.add_argument("--seed", type=int, default=None,
+                         help="contrastive seed (default: chrc.contrastive.seed)")
+    encoder.set_defaults(handler=_cmd_pretrain_encoder)
+
     tune = commands.add_parser("tune", help="run a search space on Ray Tune")
     tune_commands = tune.add_subparsers(dest="tune_command", required=True)
     launch = tune_commands.add_parser("launch", help="run the search (local Ray by default)")
@@ -158,6 +167,39 @@ def _cmd_pretrain(args: argparse.Namespace) -> int:
         f"{len(base.forecasts)} windows; {time.perf_counter() - started:.1f} s in all "
         f"-> {pretrained.directory}"
     )
+    return 0
+
+
+def _cmd_pretrain_encoder(args: argparse.Namespace) -> int:
+    import torch
+
+    from hmem.artefacts import load_or_pretrain
+    from hmem.data.splits import prepare
+    from hmem.errors import ConfigError
+    from hmem.spaces import load_space
+    from hmem.variants.contrastive import load_or_pretrain_encoder
+
+    space = load_space(args.space)
+    overrides = _overrides(args)
+    if args.seed is not None:
+        overrides.setdefault("chrc", {}).setdefault("contrastive", {})["seed"] = args.seed
+    candidates = [args.variant] if args.variant else list(space.variants)
+    configs = [space.trial_config(v, args.dataset, None, overrides) for v in candidates]
+    chosen = [c for c in configs if c.chrc.enabled and c.chrc.contrastive.enabled]
+    if not chosen:
+        raise ConfigError(f"{space.source}: no variant{' ' + args.variant if args.variant else ''}"
+                          f" has chrc.contrastive.enabled: true; there is nothing to pretrain")
+    cfg = chosen[0]
+    torch.set_num_threads(cfg.runtime.pretrain_threads or os.cpu_count() or 1)
+    data = prepare(cfg.data, args.data_dir)
+    pretrained = load_or_pretrain(cfg, data, args.cache_dir)
+    encoder = load_or_pretrain_encoder(cfg, data, pretrained, args.cache_dir)
+    meta = encoder.meta
+    print(f"contrastive encoder {encoder.key} ({args.dataset}, backbone {pretrained.key}): "
+          f"{'loaded from cache' if encoder.loaded_from_cache else 'pretrained'}; "
+          f"{meta['windows']} windows, InfoNCE {meta['history'][0]['info_nce']:.3f} -> "
+          f"{meta['history'][-1]['info_nce']:.3f} (chance {meta['chance_info_nce']:.3f}); "
+          f"pretraining took {meta['pretrain_seconds']:.1f} s")
     return 0
 
 

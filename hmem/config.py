@@ -124,6 +124,32 @@ class RetrievalConfig(_Config):
     top_k: int = Field(5, ge=1)
     aggregation: Literal["softmax", "weighted_mean"] = "softmax"
     temperature: float = Field(0.1, gt=0, description="softmax temperature over similarities")
+    similarity: Literal["cosine", "bilinear", "mlp"] = Field(
+        "cosine", description="B1: how a query scores keys (bilinear and mlp are learned)"
+    )
+    shortlist: int = Field(64, ge=1, description="B1 mlp: cosine candidates it re-scores")
+    mode: Literal["topk", "attention"] = Field(
+        "topk", description="B3: attention weighs every entry instead of the top-k"
+    )
+    attention_heads: int = Field(4, ge=1)
+    attention_window: int | None = Field(
+        None, ge=1, description="B3: attend only to the entries of the last N writes"
+    )
+
+    @model_validator(mode="after")
+    def _mechanisms_compose(self) -> RetrievalConfig:
+        if self.mode == "attention" and self.similarity != "cosine":
+            raise ValueError(
+                f"retrieval.mode attention scores entries with its own learned projections, so "
+                f"retrieval.similarity must stay cosine (got {self.similarity!r}); use "
+                f"mode: topk to learn the similarity"
+            )
+        if self.similarity == "mlp" and self.shortlist < self.top_k:
+            raise ValueError(
+                f"retrieval.shortlist must be at least top_k (shortlist={self.shortlist}, "
+                f"top_k={self.top_k})"
+            )
+        return self
 
 
 class SoftGateConfig(_Config):
@@ -148,6 +174,17 @@ class BucketConfig(_Config):
     count: int = Field(4, ge=1, description="1 switches P8 off")
 
 
+class ContrastiveConfig(_Config):
+    """B2: pretrain the POGT encoder with InfoNCE on frozen-backbone errors, then freeze it."""
+
+    enabled: bool = False
+    temperature: float = Field(0.1, gt=0)
+    epochs: int = Field(10, ge=1)
+    batch_size: int = Field(256, ge=2)
+    lr: float = Field(1e-3, gt=0)
+    seed: int = Field(0, ge=0)
+
+
 class ChrcConfig(_Config):
     enabled: bool = True
     feature_dim: int = Field(128, ge=1, description="size of keys and queries")
@@ -161,9 +198,16 @@ class ChrcConfig(_Config):
     soft_gate: SoftGateConfig = SoftGateConfig()
     horizon_mask: HorizonMaskConfig = HorizonMaskConfig()
     buckets: BucketConfig = BucketConfig()
+    contrastive: ContrastiveConfig = ContrastiveConfig()
 
     @model_validator(mode="after")
     def _k_fits_memory(self) -> ChrcConfig:
+        if self.retrieval.mode == "attention" and self.feature_dim % self.retrieval.attention_heads:
+            raise ValueError(
+                f"feature_dim must be a multiple of retrieval.attention_heads "
+                f"(feature_dim={self.feature_dim}, attention_heads="
+                f"{self.retrieval.attention_heads})"
+            )
         if self.retrieval.top_k > self.memory.min_entries:
             raise ValueError(
                 f"retrieval.top_k must not exceed memory.min_entries, or the first retrievals "
@@ -176,6 +220,29 @@ class ChrcConfig(_Config):
                 f"(min_entries={self.memory.min_entries}, capacity={self.memory.capacity})"
             )
         return self
+
+
+# --------------------------------------------------------------------------- variants
+
+
+class SnmaConfig(_Config):
+    """A1 SNMA-Light, a residual branch beside CHRC, and A2, its feature in CHRC's query.
+
+    A2 needs A1's branch for its feature; with ``beta: 0`` the branch adds nothing to the
+    forecast and serves A2 alone.
+    """
+
+    enabled: bool = Field(False, description="A1: Y = Y_base + CHRC + beta * delta_snma")
+    beta: float = Field(0.1, ge=0, description="weight of the residual (plan sweep 0.05-0.3)")
+    memory_dim: int = Field(128, ge=1)
+    lr_scale: float = Field(0.5, gt=0, description="its lr = lr_scale * online.lr")
+    beta_warmup_windows: int = Field(
+        0, ge=0, description="beta ramps linearly from 0 over this many windows (plan 5.6)"
+    )
+    enhance_query: bool = Field(
+        False, description="A2: CHRC query = normalize(feature + gamma * W h_snma)"
+    )
+    gamma: float = Field(0.1, ge=0, description="A2: weight of the SNMA feature in the query")
 
 
 # --------------------------------------------------------------------------- online / runtime
@@ -210,8 +277,20 @@ class TrialConfig(_Config):
     backbone: BackboneConfig = BackboneConfig()
     pretrain: PretrainConfig = PretrainConfig()
     chrc: ChrcConfig = ChrcConfig()
+    snma: SnmaConfig = SnmaConfig()
     online: OnlineConfig = OnlineConfig()
     runtime: RuntimeConfig = RuntimeConfig()
+
+    @model_validator(mode="after")
+    def _variants_have_what_they_need(self) -> TrialConfig:
+        if self.snma.enhance_query and not self.snma.enabled:
+            raise ValueError(
+                "snma.enhance_query (A2) takes its feature from the SNMA-Light branch (A1): set "
+                "snma.enabled: true as well (with snma.beta: 0 the branch serves A2 alone)"
+            )
+        if self.snma.enhance_query and not self.chrc.enabled:
+            raise ValueError("snma.enhance_query (A2) changes CHRC's query: set chrc.enabled: true")
+        return self
 
     @property
     def regime(self) -> str:
@@ -220,7 +299,8 @@ class TrialConfig(_Config):
             backbone = "frozen"
         else:
             backbone = f"online@{self.online.lr * self.backbone.online_lr_scale:g}"
-        return f"backbone={backbone} chrc={'on' if self.chrc.enabled else 'off'}"
+        regime = f"backbone={backbone} chrc={'on' if self.chrc.enabled else 'off'}"
+        return regime + (" snma=on" if self.snma.enabled else "")
 
 
 # --------------------------------------------------------------------------- building

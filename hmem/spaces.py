@@ -38,7 +38,7 @@ from pydantic import (
     model_validator,
 )
 
-from hmem.config import TrialConfig, build_trial_config, format_validation_error
+from hmem.config import TrialConfig, build_trial_config, deep_merge, format_validation_error
 from hmem.data.loading import BUILTIN_FILES, SYNTHETIC
 from hmem.errors import ConfigError
 
@@ -242,17 +242,42 @@ def dotted_to_tree(flat: dict[str, Any]) -> dict[str, Any]:
     return tree
 
 
-def load_space(path: str | Path) -> SearchSpace:
-    """Read a search-space YAML with ``safe_load`` and validate every combination in it."""
-    path = Path(path)
+def _read(path: Path, chain: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """The file's mapping, with ``extends: OTHER.yaml`` resolved (paths relative to the file).
+
+    A file that extends another takes everything it does not set from it; ``base`` merges key
+    by key; ``datasets`` lists the datasets of the new space, each merged over the other file's
+    entry of the same name (so ``datasets: {ETTm1: {}}`` picks ETTm1 with its settings).
+    """
     try:
         raw = yaml.safe_load(path.read_text())
     except FileNotFoundError:
-        raise ConfigError(f"{path}: no such search-space file") from None
+        where = f" (extended by {chain[-1]})" if chain else ""
+        raise ConfigError(f"{path}: no such search-space file{where}") from None
     except yaml.YAMLError as err:
         raise ConfigError(f"{path}: not valid YAML ({err})") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping with name, datasets, variants, seeds")
+    parent_name = raw.pop("extends", None)
+    if parent_name is None:
+        return raw
+    parent_path = (path.parent / str(parent_name)).resolve()
+    if parent_path in chain or parent_path == path.resolve():
+        raise ConfigError(f"{path}: extends {parent_name} in a loop")
+    parent = _read(parent_path, (*chain, path.resolve()))
+    merged = {**parent, **raw}
+    merged["base"] = deep_merge(parent.get("base") or {}, raw.get("base") or {})
+    if "datasets" in raw:
+        inherited = parent.get("datasets") or {}
+        merged["datasets"] = {name: deep_merge(inherited.get(name) or {}, entry or {})
+                              for name, entry in (raw["datasets"] or {}).items()}
+    return merged
+
+
+def load_space(path: str | Path) -> SearchSpace:
+    """Read a search-space YAML with ``safe_load`` and validate every combination in it."""
+    path = Path(path)
+    raw = _read(path)
     try:
         space = SearchSpace.model_validate(raw)
     except ValidationError as err:

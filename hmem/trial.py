@@ -24,11 +24,18 @@ from hmem.config import TrialConfig
 from hmem.data.splits import PreparedData, prepare
 from hmem.online.runner import ProgressFn, RunResult, resolve_device, run_trial
 from hmem.spaces import Cell
+from hmem.variants.contrastive import PretrainedEncoder, load_or_pretrain_encoder
 
 log = logging.getLogger(__name__)
 
 
-def describe(cfg: TrialConfig, space: str, cell: Cell, pretrained: Pretrained) -> dict[str, Any]:
+def describe(
+    cfg: TrialConfig,
+    space: str,
+    cell: Cell,
+    pretrained: Pretrained,
+    encoder: PretrainedEncoder | None = None,
+) -> dict[str, Any]:
     """Which trial this is and which regime its numbers come from (merged into metrics.json)."""
     return {
         "space": space,
@@ -46,6 +53,8 @@ def describe(cfg: TrialConfig, space: str, cell: Cell, pretrained: Pretrained) -
         "pretrain_epochs": pretrained.meta["epochs_run"],
         "device": str(resolve_device(cfg)),
         "threads": cfg.runtime.threads,
+        "encoder_key": encoder.key if encoder else None,
+        "encoder_pretrain_seconds": encoder.meta["pretrain_seconds"] if encoder else None,
     }
 
 
@@ -84,9 +93,13 @@ def run_trial_and_save(
     data = prepare(cfg.data, data_dir)
     torch.set_num_threads(cfg.runtime.pretrain_threads or os.cpu_count() or 1)
     pretrained = load_or_pretrain(cfg, data, cache_dir)
+    encoder = None
+    if cfg.chrc.enabled and cfg.chrc.contrastive.enabled:
+        encoder = load_or_pretrain_encoder(cfg, data, pretrained, cache_dir)
     torch.set_num_threads(cfg.runtime.threads)
-    result = run_trial(cfg, data, pretrained, progress=progress, progress_every=progress_every)
-    result.metrics.update(describe(cfg, space, cell, pretrained))
+    result = run_trial(cfg, data, pretrained, progress=progress, progress_every=progress_every,
+                       encoder=encoder.state if encoder else None)
+    result.metrics.update(describe(cfg, space, cell, pretrained, encoder))
     write_results(out, cfg, data, result)
     log.info("results written to %s", out)
     return result

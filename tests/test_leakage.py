@@ -26,6 +26,9 @@ REGIMES = {
     "chrc+training backbone": {"backbone": {"online_lr_scale": 0.1}},
     "chrc+frozen backbone (cache)": {},
     "backbone alone": {"chrc": {"enabled": False}, "backbone": {"online_lr_scale": 1.0}},
+    "variants A1+A2+B3": {"snma": {"enabled": True, "memory_dim": 8, "enhance_query": True},
+                          "chrc": {"retrieval": {"mode": "attention", "attention_heads": 2}}},
+    "variant B1 mlp": {"chrc": {"retrieval": {"similarity": "mlp", "shortlist": 10}}},
 }
 
 

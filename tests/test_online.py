@@ -109,8 +109,8 @@ def test_updates_retrieve_only_what_existed_when_the_window_was_forecast(tiny, c
     seen = []  # (window being updated, origins of what it retrieved)
     original = ErrorMemory.search
 
-    def recording(memory, query, k, latest_origin=None):
-        found = original(memory, query, k, latest_origin)
+    def recording(memory, query, k, latest_origin=None, similarity=None):
+        found = original(memory, query, k, latest_origin, similarity)
         if query.requires_grad:  # an update, not a forecast
             seen.append((run.series.clock - 48 - 12, memory.origin[found.slots].tolist()))
         return found
@@ -139,7 +139,13 @@ def test_progress_reports_the_running_mse_of_revealed_windows_only(tiny, run_onl
     assert last.windows_total == 160 and last.ms_per_step > 0
 
 
-@pytest.mark.parametrize("overrides", [{}, {"backbone": {"online_lr_scale": 0.1}}])
+@pytest.mark.parametrize("overrides", [
+    {},
+    {"backbone": {"online_lr_scale": 0.1}},
+    {"snma": {"enabled": True, "memory_dim": 8, "enhance_query": True,
+              "beta_warmup_windows": 100},
+     "chrc": {"retrieval": {"similarity": "bilinear"}}},
+], ids=["frozen backbone", "training backbone", "A1+A2+B1"])
 def test_a_run_saved_at_any_window_continues_with_identical_numbers(tiny, cache_dir, tmp_path,
                                                                   overrides):
     cfg = tiny(overrides)

@@ -120,3 +120,47 @@ def test_submit_sends_the_launch_with_the_project_as_working_dir(monkeypatch, ca
     out = capsys.readouterr().out
     assert "submitted job raysubmit_123" in out
     assert "ray job logs --follow raysubmit_123 --address http://127.0.0.1:8265" in out
+
+
+def test_every_shipped_space_loads_and_plans(data_dir, capsys):
+    spaces = sorted(Path("search_spaces").glob("*.yaml"))
+    assert {p.stem for p in spaces} >= {"quickstart", "control", "a1", "a2", "b1", "b2", "b3",
+                                        "s3", "plan", "optuna_example"}
+    for path in spaces:
+        assert main(["tune", "launch", str(path), "--dry-run", "--data-dir", str(data_dir)]) == 0
+    capsys.readouterr()
+    assert main(["tune", "launch", "search_spaces/plan.yaml", "--dry-run",
+                 "--data-dir", str(data_dir)]) == 0
+    out = capsys.readouterr().out
+    assert ("68 trial(s); 2 pretraining run(s), one per distinct backbone; 2 contrastive "
+            "encoder pretraining(s)") in out
+    plan = load_space("search_spaces/plan.yaml")
+    regimes = {v: plan.trial_config(v, "ETTm1").regime for v in ("b3", "b3_frozen", "a1_base")}
+    assert regimes == {"b3": "backbone=online@1e-06 chrc=on",
+                       "b3_frozen": "backbone=frozen chrc=on",
+                       "a1_base": "backbone=online@1e-06 chrc=on snma=on"}
+
+
+def test_extends_takes_the_parent_and_picks_its_datasets(tmp_path):
+    (tmp_path / "parent.yaml").write_text(GOOD.replace(
+        "datasets: {synthetic: {}}",
+        "datasets: {synthetic: {data: {max_test_windows: 50}}, other: {data: {dataset: synthetic}}}"))
+    (tmp_path / "child.yaml").write_text("""
+name: child
+extends: parent.yaml
+base: {online: {lr: 3.0e-5}}
+datasets: {synthetic: {online: {warmup: false}}}
+variants: {c: {}}
+""")
+    child = load_space(tmp_path / "child.yaml")
+    assert list(child.datasets) == ["synthetic"] and list(child.variants) == ["c"]
+    cfg = child.trial_config("c", "synthetic")
+    assert cfg.online.lr == 3e-5 and cfg.data.seq_len == 48  # base merged key by key
+    assert cfg.data.max_test_windows == 50 and not cfg.online.warmup  # dataset entry merged
+    assert child.seeds == [0, 1]  # inherited
+    (tmp_path / "loop.yaml").write_text("name: loop\nextends: loop.yaml\n")
+    with pytest.raises(ConfigError, match="extends loop.yaml in a loop"):
+        load_space(tmp_path / "loop.yaml")
+    (tmp_path / "orphan.yaml").write_text("name: o\nextends: missing.yaml\n")
+    with pytest.raises(ConfigError, match=r"missing\.yaml: no such search-space file \(extended by"):
+        load_space(tmp_path / "orphan.yaml")

@@ -31,6 +31,7 @@ from hmem.artefacts import (
 from hmem.backbones import build_backbone
 from hmem.config import TrialConfig
 from hmem.data.splits import PreparedData, prepare
+from hmem.variants.contrastive import PretrainedEncoder, encoder_key, load_or_pretrain_encoder
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +44,7 @@ class BackbonePlan:
     config: TrialConfig  # the config of its first trial (data, backbone, pretrain)
     trials: list[str] = field(default_factory=list)
     needs_base_forecasts: bool = False
+    encoders: dict[str, TrialConfig] = field(default_factory=dict)  # B2 encoders built on it
 
 
 def plan_backbones(
@@ -59,12 +61,15 @@ def plan_backbones(
         plan = plans.setdefault(key, BackbonePlan(key, cfg))
         plan.trials.append(label)
         plan.needs_base_forecasts |= cfg.backbone.frozen_online and cfg.runtime.base_cache
+        if cfg.chrc.enabled and cfg.chrc.contrastive.enabled:
+            plan.encoders.setdefault(encoder_key(cfg, key), cfg)
     return plans
 
 
 def _build(config: dict[str, Any], data_dir: str | None, cache_dir: str, needs_base: bool,
-           threads: int) -> dict[str, Any]:
-    """Ray task: pretrain (or load) one backbone and, if asked, its base forecasts."""
+           threads: int, encoders: list[dict[str, Any]]) -> dict[str, Any]:
+    """Ray task: pretrain (or load) one backbone and, if asked, its base forecasts and the B2
+    encoders built on it."""
     cfg = TrialConfig.model_validate(config)
     torch.set_num_threads(threads)
     data = prepare(cfg.data, data_dir)
@@ -80,6 +85,14 @@ def _build(config: dict[str, Any], data_dir: str | None, cache_dir: str, needs_b
         base = load_or_compute_base_forecasts(pretrained, data)
         shipped["base_first_start"] = base.first_start
         shipped["base_forecasts"] = np.ascontiguousarray(base.forecasts.numpy())
+    shipped["encoders"] = {}
+    for encoder_config in encoders:
+        encoder = load_or_pretrain_encoder(TrialConfig.model_validate(encoder_config), data,
+                                           pretrained, cache_dir)
+        shipped["encoders"][encoder.key] = {
+            "state": {name: t.numpy() for name, t in encoder.state.items()},
+            "meta": encoder.meta,
+        }
     return shipped
 
 
@@ -91,7 +104,8 @@ def ship_backbones(
     started = time.perf_counter()
     refs = {
         key: task.remote(plan.config.model_dump(), data_dir, cache_dir,
-                         plan.needs_base_forecasts, cpus_per_task)
+                         plan.needs_base_forecasts, cpus_per_task,
+                         [cfg.model_dump() for cfg in plan.encoders.values()])
         for key, plan in plans.items()
     }
     for key, ref in refs.items():
@@ -105,8 +119,9 @@ def ship_backbones(
 
 
 def unpack(shipped: dict[str, Any], cfg: TrialConfig, data: PreparedData
-           ) -> tuple[Pretrained, BaseForecasts | None]:
-    """A trial's view of shipped artefacts: the model, and the base forecasts if there are any."""
+           ) -> tuple[Pretrained, BaseForecasts | None, PretrainedEncoder | None]:
+    """A trial's view of shipped artefacts: the model, the base forecasts and the B2 encoder it
+    uses, when there are any."""
     model = build_backbone(cfg.backbone, data.seq_len, data.horizon)
     with warnings.catch_warnings():  # object-store arrays are read-only; nothing writes to them
         warnings.simplefilter("ignore", UserWarning)
@@ -115,5 +130,13 @@ def unpack(shipped: dict[str, Any], cfg: TrialConfig, data: PreparedData
         if "base_forecasts" in shipped:
             base = BaseForecasts(shipped["base_first_start"],
                                  torch.from_numpy(shipped["base_forecasts"]))
+        encoder = None
+        if cfg.chrc.enabled and cfg.chrc.contrastive.enabled:
+            key = encoder_key(cfg, shipped["key"])
+            entry = shipped["encoders"][key]
+            encoder = PretrainedEncoder(
+                key, {k: torch.from_numpy(v) for k, v in entry["state"].items()}, entry["meta"],
+                loaded_from_cache=True)
     model.eval()
-    return Pretrained(shipped["key"], None, model, shipped["meta"], loaded_from_cache=True), base
+    pretrained = Pretrained(shipped["key"], None, model, shipped["meta"], loaded_from_cache=True)
+    return pretrained, base, encoder

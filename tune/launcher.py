@@ -99,7 +99,9 @@ def dry_run_table(space: SearchSpace, configs: dict[str, TrialConfig],
         lines.append(f"{label:<36} {cell.variant:<16} {cell.dataset:<12} {cell.seed:>4}  "
                      f"{space.resources.cpu:>4g} {space.resources.gpu:>4g}  {key_of[label]}")
     count = len(configs) if space.search.kind == "grid" else space.search.num_samples
-    lines.append(f"{count} trial(s); {len(plans)} pretraining run(s), one per distinct backbone")
+    encoders = sum(len(plan.encoders) for plan in plans.values())
+    lines.append(f"{count} trial(s); {len(plans)} pretraining run(s), one per distinct backbone"
+                 + (f"; {encoders} contrastive encoder pretraining(s)" if encoders else ""))
     if space.search.kind == "optuna":
         ranges = ", ".join(f"{k}: {d.type}" for k, d in space.search.params.items())
         lines.append(f"optuna samples {space.search.num_samples} trials over {ranges}")

@@ -14,8 +14,10 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
+from hmem.chrc.attention import AttentionRetrieval
 from hmem.chrc.encoder import POGTEncoder
 from hmem.chrc.memory import ErrorMemory
+from hmem.chrc.similarity import Similarity
 from hmem.config import ChrcConfig, HorizonMaskConfig, SoftGateConfig
 
 
@@ -64,14 +66,21 @@ class CHRC(nn.Module):
         self.encoder = POGTEncoder(n_vars, pogt_length(cfg, horizon), cfg.hidden_dim, d)
         self.memory = ErrorMemory(cfg.memory, d, value_dim)
         self.refiner = _mlp(value_dim + d, cfg.refiner_dim, value_dim, zero_last=True)
+        # B1 / B3: a mechanism that is off is not built
+        self.similarity = (
+            Similarity(cfg.retrieval, d) if cfg.retrieval.similarity != "cosine" else None
+        )
+        self.attention = (
+            AttentionRetrieval(cfg.retrieval, d) if cfg.retrieval.mode == "attention" else None
+        )
         self.quality = _mlp(k + d, cfg.gate_dim, 1)
         self.confidence = _mlp(d + 4, cfg.gate_dim, 1)
         weights = horizon_weights(cfg.horizon_mask, horizon)
         self.register_buffer("mask", None if weights is None else weights[:, None])
 
-    def encode(self, pogt: torch.Tensor) -> torch.Tensor:
+    def encode(self, pogt: torch.Tensor, shift: torch.Tensor | None = None) -> torch.Tensor:
         """``[..., P, C]`` POGT rows -> unit-norm query / key ``[..., D]``."""
-        return self.encoder(pogt)
+        return self.encoder(pogt, shift)
 
     def aggregate(self, similarities: torch.Tensor, errors: torch.Tensor) -> torch.Tensor:
         """Weighted mean of the retrieved errors ``[k, V] -> [V]``."""
@@ -91,16 +100,20 @@ class CHRC(nn.Module):
         """Correction for one window; ``query [D]``, ``base [H, C]``. Needs ``memory.ready``.
 
         ``latest_origin`` restricts retrieval to entries of windows starting at or before it."""
-        found = self.memory.search(query, self.cfg.retrieval.top_k, latest_origin)
-        raw = self.aggregate(found.similarities, found.values)  # [V]
-        quality = torch.sigmoid(self.quality(torch.cat([found.similarities, query])))  # [1]
+        k = self.cfg.retrieval.top_k
+        if self.attention is None:
+            found = self.memory.search(query, k, latest_origin, self.similarity)
+            raw, sims = self.aggregate(found.similarities, found.values), found.similarities
+        else:
+            raw, sims = self.attention(query, self.memory, k, latest_origin)  # [V], [k]
+        quality = torch.sigmoid(self.quality(torch.cat([sims, query])))  # [1]
         refined = self.refiner(torch.cat([raw, query]))  # residual of raw, [V]
         correction = raw + quality * refined  # = quality * (raw + refined) + (1 - quality) * raw
         stats = torch.stack([base.abs().mean(), base.std(), correction.abs().mean(),
                              correction.std()])
         gate = quality * torch.sigmoid(self.confidence(torch.cat([query, stats])))
         if self.cfg.soft_gate.enabled:
-            gate = gate * soft_gate(self.cfg.soft_gate, found.similarities[0])
+            gate = gate * soft_gate(self.cfg.soft_gate, sims[0])
         delta = correction.view(self.horizon, self.n_vars)
         if self.mask is not None:
             delta = delta * self.mask
@@ -108,14 +121,18 @@ class CHRC(nn.Module):
 
 
 def corrected_forecast(
-    module: CHRC, pogt: torch.Tensor, base: torch.Tensor, latest_origin: torch.Tensor | None = None
+    module: CHRC,
+    pogt: torch.Tensor,
+    base: torch.Tensor,
+    latest_origin: torch.Tensor | None = None,
+    query_shift: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``base`` plus ``module``'s correction: ``(forecast [H, C], query [D], gate)``.
 
     A plain function of tensors (``latest_origin`` too), so ``torch.compile`` traces one graph
-    that every bucket's module shares.
+    that every bucket's module shares. ``query_shift`` is A2's addition to the query feature.
     """
-    query = module.encode(pogt)
+    query = module.encode(pogt, query_shift)
     correction = module.correct(query, base, latest_origin)
     return base + correction.delta, query, correction.gate
 
@@ -134,6 +151,12 @@ class CHRCBank(nn.Module):
 
     def __len__(self) -> int:
         return len(self.modules_by_bucket)
+
+    def load_frozen_encoder(self, state: dict[str, torch.Tensor]) -> None:
+        """B2: every bucket's encoder becomes the pretrained one, and stops learning."""
+        for module in self.modules_by_bucket:
+            module.encoder.load_state_dict(state)
+            module.encoder.requires_grad_(False)
 
     def clear_memories(self) -> None:
         for module in self.modules_by_bucket:

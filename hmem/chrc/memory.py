@@ -18,12 +18,15 @@ Semantics (reference section 3):
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import torch
 from torch import nn
 
 from hmem.config import MemoryConfig
+
+if TYPE_CHECKING:
+    from hmem.chrc.similarity import Similarity
 
 
 class Retrieved(NamedTuple):
@@ -78,16 +81,37 @@ class ErrorMemory(nn.Module):
         Empty slots score ``-inf``."""
         return torch.addcmul(self.empty, self.keys @ query, self.decay)
 
+    def hidden(self, latest_origin: torch.Tensor | int | None = None) -> torch.Tensor:
+        """``[capacity]``: 0 for an entry a retrieval may see, -inf for an empty slot and for an
+        entry of a window that starts after ``latest_origin``."""
+        if latest_origin is None:
+            return self.empty
+        return self.empty.masked_fill(self.origin > latest_origin, float("-inf"))
+
     def search(
-        self, query: torch.Tensor, k: int, latest_origin: torch.Tensor | int | None = None
+        self,
+        query: torch.Tensor,
+        k: int,
+        latest_origin: torch.Tensor | int | None = None,
+        similarity: Similarity | None = None,
     ) -> Retrieved:
         """Top-``k`` entries for ``query``; counts an access for each. Needs ``ready``.
 
-        ``latest_origin`` hides entries of windows that start after it."""
-        sims = self.similarities(query)
-        if latest_origin is not None:
-            sims = sims.masked_fill(self.origin > latest_origin, float("-inf"))
-        top, slots = sims.topk(k)
+        ``latest_origin`` hides entries of windows that start after it. ``similarity`` replaces
+        the cosine score (B1); one with a ``shortlist`` re-scores only that many of the best
+        cosine candidates. Age decay multiplies whichever score is used."""
+        hidden = self.hidden(latest_origin)
+        if similarity is None:
+            top, slots = torch.addcmul(hidden, self.keys @ query, self.decay).topk(k)
+        elif similarity.shortlist is not None:
+            cosine = torch.addcmul(hidden, self.keys @ query, self.decay)
+            _, candidates = cosine.topk(min(similarity.shortlist, len(cosine)))
+            scores = similarity(query, self.keys[candidates])
+            top, picked = torch.addcmul(hidden[candidates], scores, self.decay[candidates]).topk(k)
+            slots = candidates[picked]
+        else:
+            scores = similarity(query, self.keys)
+            top, slots = torch.addcmul(hidden, scores, self.decay).topk(k)
         self.access.index_add_(0, slots, torch.ones_like(top, requires_grad=False).detach())
         return Retrieved(top, self.values[slots], slots)
 

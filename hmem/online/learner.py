@@ -33,6 +33,7 @@ from hmem.chrc import CHRCBank, corrected_forecast
 from hmem.config import TrialConfig
 from hmem.online.flat import flatten_parameters
 from hmem.online.stream import RevealedSeries
+from hmem.variants.snma import SNMALight
 
 
 @dataclass
@@ -44,7 +45,7 @@ class _Trainable:
 
     @classmethod
     def of(cls, module: nn.Module, lr: float, cfg: TrialConfig) -> _Trainable:
-        flat = flatten_parameters(list(module.parameters()))
+        flat = flatten_parameters([p for p in module.parameters() if p.requires_grad])
         optimiser = torch.optim.AdamW(
             [flat], lr=lr, weight_decay=cfg.online.weight_decay, fused=True
         )
@@ -64,8 +65,9 @@ class _HotPaths:
     forecast_correction: Callable[..., tuple[torch.Tensor, torch.Tensor]]
 
 
-def _forecast_only(module: nn.Module, pogt: torch.Tensor, base: torch.Tensor):
-    forecast, _, gate = corrected_forecast(module, pogt, base)
+def _forecast_only(module: nn.Module, pogt: torch.Tensor, base: torch.Tensor,
+                   query_shift: torch.Tensor | None = None):
+    forecast, _, gate = corrected_forecast(module, pogt, base, None, query_shift)
     return forecast, gate
 
 
@@ -77,13 +79,24 @@ class OnlineLearner(nn.Module):
         n_vars: int,
         horizon: int,
         device: torch.device | str = "cpu",
+        encoder: dict[str, torch.Tensor] | None = None,
     ) -> None:
+        """``encoder``: B2's pretrained POGT encoder, required when ``chrc.contrastive`` is on."""
         super().__init__()
         self.cfg = cfg
         self.trains_backbone = not cfg.backbone.frozen_online
         self.backbone = backbone.eval().requires_grad_(self.trains_backbone).to(device)
         torch.manual_seed(cfg.seed)
         self.bank = CHRCBank(cfg.chrc, n_vars, horizon).to(device) if cfg.chrc.enabled else None
+        if self.bank is not None and cfg.chrc.contrastive.enabled:
+            if encoder is None:
+                raise ValueError("chrc.contrastive is on: pass the pretrained encoder "
+                                 "(hmem.variants.contrastive.load_or_pretrain_encoder)")
+            self.bank.load_frozen_encoder(encoder)
+        self.snma = (
+            SNMALight(cfg.snma, n_vars, horizon, cfg.chrc.feature_dim).to(device)
+            if cfg.snma.enabled else None
+        )
         # Sum of applied gates over corrected forecasts (a diagnostic for TensorBoard).
         self.register_buffer("gate_sum", torch.zeros((), device=device))
         self.corrected = 0  # forecasts that had a correction
@@ -96,6 +109,10 @@ class OnlineLearner(nn.Module):
         self._bucket_parts = [
             _Trainable.of(module, lr * cfg.chrc.lr_scale, cfg) for module in self.bank or []
         ]
+        self._snma_part = (
+            _Trainable.of(self.snma, lr * cfg.snma.lr_scale, cfg) if self.snma is not None
+            else None
+        )
         hot = _HotPaths(self.backbone, corrected_forecast, _forecast_only)
         if cfg.runtime.compile:
             hot = _HotPaths(*(torch.compile(fn) for fn in (hot.backbone, hot.update_correction,
@@ -104,12 +121,15 @@ class OnlineLearner(nn.Module):
 
     @property
     def trainable(self) -> bool:
-        return self.trains_backbone or self.bank is not None
+        return self.trains_backbone or self.bank is not None or self.snma is not None
+
+    def _parts(self) -> list[_Trainable]:
+        parts = [self._backbone_part, *self._bucket_parts, self._snma_part]
+        return [part for part in parts if part is not None]
 
     @property
     def trainable_parameters(self) -> int:
-        parts = [self._backbone_part, *self._bucket_parts]
-        return sum(part.flat.numel() for part in parts if part is not None)
+        return sum(part.flat.numel() for part in self._parts())
 
     @property
     def needs_base_cache(self) -> bool:
@@ -126,7 +146,11 @@ class OnlineLearner(nn.Module):
         """Learn from the recent window at ``start`` (its target is revealed), then remember it."""
         target = series.target(start)
         base = self._base(series, start)
-        prediction, bucket, query = base, None, None
+        prediction, bucket, query, shift = base, None, None, None
+        if self.snma is not None:
+            h = self.snma.features(series.pogt(start))
+            shift = self.snma.query_shift(h)
+            delta, _ = self.snma.residual(h, self.snma.state_at_forecast(start))
         if self.bank is not None:
             bucket = series.bucket(start)
             module = self.bank[bucket]
@@ -135,14 +159,17 @@ class OnlineLearner(nn.Module):
             if visible >= self.cfg.chrc.memory.min_entries:
                 limit = None if latest is None else torch.tensor(latest, device=base.device)
                 prediction, query, _ = self._hot.update_correction(
-                    module, series.pogt(start), base, limit
+                    module, series.pogt(start), base, limit, shift
                 )
             else:
                 with torch.no_grad():
-                    query = module.encode(series.pogt(start))
-        if prediction.requires_grad:
+                    query = module.encode(series.pogt(start), shift)
+        losses = [F.mse_loss(prediction, target)] if prediction.requires_grad else []
+        if self.snma is not None:
+            losses.append(self.snma.loss(prediction, delta, target, self.snma.beta()))
+        if losses:
             corrected = query is not None and query.requires_grad
-            self._step(F.mse_loss(prediction, target), bucket if corrected else None)
+            self._step(sum(losses), bucket if corrected else None)
         if bucket is not None:
             error = (target - base).detach().flatten()
             self.bank[bucket].memory.write(query.detach(), error, start)
@@ -158,11 +185,14 @@ class OnlineLearner(nn.Module):
         return start - horizon if self.cfg.chrc.memory.update_view == "forecast_time" else None
 
     def _step(self, loss: torch.Tensor, bucket: int | None) -> None:
-        """One optimiser step on the backbone (if it trains) and the bucket that corrected."""
+        """One optimiser step on the backbone (if it trains), the bucket that corrected and the
+        SNMA-Light branch (if on)."""
         loss.backward()
         parts = [self._backbone_part] if self._backbone_part is not None else []
         if bucket is not None:
             parts.append(self._bucket_parts[bucket])
+        if self._snma_part is not None:
+            parts.append(self._snma_part)
         if self.cfg.online.grad_clip:
             torch.nn.utils.clip_grad_norm_([p.flat for p in parts], self.cfg.online.grad_clip)
         for part in parts:
@@ -172,21 +202,32 @@ class OnlineLearner(nn.Module):
     @torch.inference_mode()
     def predict(self, series: RevealedSeries, start: int) -> torch.Tensor:
         """Forecast ``[H, C]`` of the current window at ``start`` from its input alone."""
-        base = self._base(series, start)
-        if self.bank is None:
-            return base
-        module = self.bank[series.bucket(start)]
-        if not module.memory.ready:
-            return base
-        forecast, gate = self._hot.forecast_correction(module, series.pogt(start), base)
-        self.gate_sum += gate
-        self.corrected += 1
+        forecast = self._base(series, start)
+        shift = None
+        if self.snma is not None:
+            h = self.snma.features(series.pogt(start))
+            shift = self.snma.query_shift(h)
+            delta, z = self.snma.residual(h, self.snma.state)
+            beta = self.snma.beta()
+        if self.bank is not None:
+            module = self.bank[series.bucket(start)]
+            if module.memory.ready:
+                forecast, gate = self._hot.forecast_correction(
+                    module, series.pogt(start), forecast, shift
+                )
+                self.gate_sum += gate
+                self.corrected += 1
+        if self.snma is not None:
+            forecast = forecast + beta * delta
+            self.snma.remember(start, z)
         return forecast
 
     def start_test(self) -> None:
         """The memory starts empty on the test stream; what was learned in warm-up is kept."""
         if self.bank is not None:
             self.bank.clear_memories()
+        if self.snma is not None:
+            self.snma.reset()
         self.gate_sum.zero_()
         self.corrected = 0
 
@@ -195,13 +236,13 @@ class OnlineLearner(nn.Module):
     def checkpoint_state(self) -> dict[str, Any]:
         """Everything that decides the numbers to come: what trains, its optimiser state, the
         memories (buffers and counters) and the diagnostics. A frozen backbone is not saved."""
-        modules = {"bank": self.bank.state_dict() if self.bank is not None else None}
+        modules = {"bank": self.bank.state_dict() if self.bank is not None else None,
+                   "snma": self.snma.state_dict() if self.snma is not None else None}
         if self.trains_backbone:
             modules["backbone"] = self.backbone.state_dict()
-        parts = [self._backbone_part, *self._bucket_parts]
         return {
             **modules,
-            "optimisers": [p.optimiser.state_dict() for p in parts if p is not None],
+            "optimisers": [part.optimiser.state_dict() for part in self._parts()],
             "gate_sum": self.gate_sum.clone(),
             "corrected": self.corrected,
         }
@@ -209,10 +250,11 @@ class OnlineLearner(nn.Module):
     def load_checkpoint_state(self, state: dict[str, Any]) -> None:
         if self.bank is not None:
             self.bank.load_state_dict(state["bank"])
+        if self.snma is not None:
+            self.snma.load_state_dict(state["snma"])
         if self.trains_backbone:
             self.backbone.load_state_dict(state["backbone"])
-        parts = [p for p in (self._backbone_part, *self._bucket_parts) if p is not None]
-        for part, saved in zip(parts, state["optimisers"], strict=True):
+        for part, saved in zip(self._parts(), state["optimisers"], strict=True):
             part.optimiser.load_state_dict(saved)
         self.gate_sum.copy_(state["gate_sum"])
         self.corrected = int(state["corrected"])

@@ -146,10 +146,12 @@ class OnlineRun:
         base: BaseForecasts | None = None,
         *,
         keep_forecasts: bool = False,
+        encoder: dict[str, torch.Tensor] | None = None,
     ) -> None:
         self.cfg = cfg
         device = resolve_device(cfg)
-        self.learner = OnlineLearner(cfg, pretrained.model, data.n_vars, data.horizon, device)
+        self.learner = OnlineLearner(cfg, pretrained.model, data.n_vars, data.horizon, device,
+                                     encoder)
         if self.learner.needs_base_cache and base is None:
             base = load_or_compute_base_forecasts(pretrained, data)
         self.base = base.to(device) if self.learner.needs_base_cache else None
@@ -333,10 +335,11 @@ def run_trial(
     progress: ProgressFn | None = None,
     progress_every: int = 1000,
     keep_forecasts: bool = False,
+    encoder: dict[str, torch.Tensor] | None = None,
 ) -> RunResult:
     """Run warm-up (if on) and the test stream to the end; score every test window."""
     began = time.perf_counter()
-    run = OnlineRun(cfg, data, pretrained, base, keep_forecasts=keep_forecasts)
+    run = OnlineRun(cfg, data, pretrained, base, keep_forecasts=keep_forecasts, encoder=encoder)
     run.advance(progress=progress, progress_every=progress_every)
     result = run.result()
     result.metrics["seconds_total"] = time.perf_counter() - began
