@@ -3,6 +3,10 @@
     hmem run SPACE.yaml --variant NAME --dataset NAME [--seed N] [--set dotted.key=value ...]
              [--data-dir DIR] [--out DIR] [--cache-dir DIR]
     hmem pretrain SPACE.yaml --dataset NAME [--seed N] [--variant NAME] [--data-dir DIR]
+    hmem pretrain-encoder SPACE.yaml --dataset NAME [--variant NAME]
+    hmem tune launch|submit|token ...     (Ray Tune searches; see tune/)
+    hmem report EXP_DIR [EXP_DIR ...] --out FILE.html|FILE.md
+    hmem campaign SPACE.yaml [--address ADDR] [--storage DIR] [--resume]
 
 Errors the user can fix are printed as one message (file, key or row, and what to do) with exit
 status 2, never as a traceback.
@@ -87,7 +91,46 @@ def build_parser() -> argparse.ArgumentParser:
                         help="the cluster's job API, e.g. http://127.0.0.1:8265")
     submit.add_argument("--pip", action="store_true",
                         help="install requirements.txt into the job's environment")
+    submit.add_argument("--wait", action="store_true",
+                        help="follow the job's logs until it ends; exit 0 only if it succeeded")
     submit.set_defaults(handler=_cmd_tune_submit)
+
+    token = tune_commands.add_parser(
+        "token", help="write a new Ray auth token file for a cluster (RAY_AUTH_TOKEN_PATH)")
+    token.add_argument("--out", default="docker/secrets/ray_auth_token",
+                       help="where to write it, mode 0600 (default: %(default)s, ignored by git)")
+    token.add_argument("--force", action="store_true", help="replace an existing token file")
+    token.set_defaults(handler=_cmd_tune_token)
+
+    report = commands.add_parser(
+        "report", help="verdicts, tables and figures of one or more experiments (HTML or MD)")
+    report.add_argument("experiments", nargs="+", metavar="EXP_DIR",
+                        help="experiment folders (STORAGE/NAME), e.g. results/tune/plan")
+    report.add_argument("--out", required=True, help="report file, .html or .md")
+    _rule_options(report)
+    report.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    report.set_defaults(handler=_cmd_report)
+
+    campaign = commands.add_parser(
+        "campaign", help="run the plan's stages in order on Ray, the rules deciding between them")
+    campaign.add_argument("space", help="search space holding every stage's variants, e.g. "
+                          "search_spaces/plan.yaml")
+    campaign.add_argument("--address", default=None,
+                          help="Ray cluster (default: an embedded local instance on 127.0.0.1)")
+    campaign.add_argument("--storage", default="results/campaigns",
+                          help="folder of the campaign's stages, log and report (default: "
+                          "%(default)s)")
+    campaign.add_argument("--name", default=None, help="campaign name (default: the space's)")
+    campaign.add_argument("--resume", action="store_true",
+                          help="continue an interrupted campaign; finished stages are kept")
+    campaign.add_argument("--data-dir", default=None,
+                          help="folder with the benchmark files (default: $HMEM_DATA_DIR)")
+    campaign.add_argument("--cache-dir", default=None, help="pretrained-artefact cache")
+    campaign.add_argument("--extra-seeds", type=int, default=2,
+                          help="seeds added to a best variant that needs reproduction")
+    _rule_options(campaign)
+    campaign.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    campaign.set_defaults(handler=_cmd_campaign)
     return parser
 
 
@@ -105,6 +148,32 @@ def _tune_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--set", dest="overrides", action="append", default=[],
                         metavar="KEY=VALUE", help="override a config value in every trial")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+
+
+def _rule_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--min-gain", type=float, default=None,
+                        help="smallest gain that counts (default 0.005, the plan's 0.5 %%)")
+    parser.add_argument("--threshold", action="append", default=[], metavar="DATASET=MSE",
+                        help="success threshold of a dataset (defaults: ETTm1=0.700, "
+                        "Weather=1.45); repeatable")
+
+
+def _rules(args: argparse.Namespace):
+    from analysis.rules import Rules
+    from hmem.errors import ConfigError
+
+    rules = Rules()
+    thresholds = dict(rules.success_mse)
+    for item in args.threshold:
+        name, _, value = item.partition("=")
+        try:
+            thresholds[name] = float(value)
+        except ValueError:
+            raise ConfigError(f"--threshold {item}: expected DATASET=MSE, e.g. ETTm1=0.7") from None
+    min_gain = rules.min_gain if args.min_gain is None else args.min_gain
+    if not 0 <= min_gain < 1:
+        raise ConfigError(f"--min-gain {min_gain}: expected a fraction in [0, 1), e.g. 0.005")
+    return Rules(min_gain=min_gain, success_mse=thresholds)
 
 
 def _overrides(args: argparse.Namespace) -> dict:
@@ -221,19 +290,56 @@ def _cmd_tune_launch(args: argparse.Namespace) -> int:
 
 
 def _cmd_tune_submit(args: argparse.Namespace) -> int:
-    from tune.submit import submit
+    from tune.submit import submit, wait
 
-    forwarded = [args.space]
+    forwarded = []
     for flag in ("storage", "name", "data_dir", "cache_dir"):
         value = getattr(args, flag)
         if value is not None:
             forwarded += [f"--{flag.replace('_', '-')}", value]
     for item in args.overrides:
         forwarded += ["--set", item]
-    job = submit(args.address, forwarded, pip=args.pip)
+    job = submit(args.address, args.space, forwarded, pip=args.pip)
     print(f"submitted job {job}\n  follow its logs: ray job logs --follow {job} "
           f"--address {args.address}\n  status:          ray job status {job} "
-          f"--address {args.address}")
+          f"--address {args.address}", flush=True)
+    if not args.wait:
+        return 0
+    status = wait(args.address, job)
+    print(f"job {job} {status}")
+    return 0 if status == "SUCCEEDED" else 1
+
+
+def _cmd_tune_token(args: argparse.Namespace) -> int:
+    from tune.submit import write_token
+
+    path = write_token(Path(args.out), force=args.force)
+    print(f"wrote a new Ray auth token to {path} (mode 0600; keep it out of version control).\n"
+          f"  cluster nodes and clients: RAY_AUTH_MODE=token RAY_AUTH_TOKEN_PATH={path}\n"
+          f"  Kubernetes: kubectl create secret generic hmem-ray-auth "
+          f"--from-file=auth_token={path}")
+    return 0
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from analysis.report import display_table, write_report
+
+    analysis = write_report(args.experiments, args.out, _rules(args))
+    print(display_table(analysis.verdicts, ["direction", "dataset", "best_variant", "mse",
+                                            "gain", "gain_vs_baseline", "verdict"])
+          .to_string(index=False))
+    print(f"report: {args.out}")
+    return 0
+
+
+def _cmd_campaign(args: argparse.Namespace) -> int:
+    from analysis.campaign import CampaignOptions, run_campaign
+
+    options = CampaignOptions(address=args.address, storage=args.storage, name=args.name,
+                              resume=args.resume, data_dir=args.data_dir,
+                              cache_dir=args.cache_dir, extra_seeds=args.extra_seeds,
+                              rules=_rules(args))
+    print(f"report: {run_campaign(args.space, options)}")
     return 0
 
 

@@ -302,6 +302,28 @@ class TrialConfig(_Config):
         regime = f"backbone={backbone} chrc={'on' if self.chrc.enabled else 'off'}"
         return regime + (" snma=on" if self.snma.enabled else "")
 
+    @property
+    def direction(self) -> str:
+        """Which direction of the plan this trial tests, read off its switches.
+
+        ``baseline`` (CHRC off), ``control`` (CHRC with no direction switched on), ``A1``
+        (SNMA-Light), ``A2`` (A1 with the enhanced query), ``B1`` (learned similarity), ``B2``
+        (contrastive encoder), ``B3`` (attention retrieval), or ``S3`` when an A and a B are
+        combined. Derived, never declared, so a label cannot disagree with what ran.
+        """
+        if not self.chrc.enabled:
+            return "baseline"
+        a = ("A2" if self.snma.enhance_query else "A1") if self.snma.enabled else None
+        retrieval = self.chrc.retrieval
+        b = [name for name, on in (("B1", retrieval.similarity != "cosine"),
+                                   ("B2", self.chrc.contrastive.enabled),
+                                   ("B3", retrieval.mode == "attention")) if on]
+        if a and b:
+            return "S3"
+        if len(b) > 1:
+            return "+".join(b)
+        return a or (b[0] if b else "control")
+
 
 # --------------------------------------------------------------------------- building
 

@@ -43,6 +43,7 @@ def describe(
         "dataset": cell.dataset,
         "seed": cell.seed,
         "regime": cfg.regime,
+        "direction": cfg.direction,
         "backbone_frozen": cfg.backbone.frozen_online,
         "backbone_online_lr": cfg.online.lr * cfg.backbone.online_lr_scale,
         "chrc": cfg.chrc.enabled,

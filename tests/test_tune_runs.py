@@ -1,5 +1,5 @@
 """Searches on real Ray, on 127.0.0.1 only: the quickstart end to end, a trial whose worker is
-killed, a driver that is killed, a two-node cluster, and Optuna with ASHA.
+killed, a driver that is killed, and Optuna with ASHA (clusters: ``test_cluster.py``).
 
 Each Ray instance a test starts is stopped by the handles the test holds (``ray.shutdown()``,
 the process groups of the ``ray start`` and ``hmem`` processes it launched), never by name.
@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import json
 import os
-import secrets
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -221,61 +219,6 @@ checkpoint_every: 400
     assert len(trials) == 4 and all((f / "metrics.json").exists() for f in trials.values())
     for label, mtime in before.items():
         assert (trials[label] / "metrics.json").stat().st_mtime_ns == mtime, label  # not re-run
-
-
-# ----------------------------------------------------------------------------- cluster
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.2", 0))
-        return sock.getsockname()[1]
-
-
-def test_trials_run_on_both_nodes_of_a_two_node_cluster(tmp_path, cache_dir):
-    port = _free_port()
-    ray_cli = str(Path(sys.executable).with_name("ray"))
-    auth = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)}
-    # Ray 2.60 swaps 127.0.0.1 (in --node-ip-address and --address) for the machine's outward
-    # address whenever multi-node support is on, which joining a second node needs. Other
-    # loopback addresses are kept, so the head runs on 127.0.0.2 and the second node on
-    # 127.0.0.3: every byte stays on loopback, and the two nodes are told apart by address.
-    loopback = {**os.environ, **auth, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "1"}
-    head = subprocess.Popen(
-        [ray_cli, "start", "--head", "--node-ip-address=127.0.0.2", f"--port={port}",
-         "--num-cpus=1", "--include-dashboard=false", "--disable-usage-stats", "--block"],
-        stdout=(tmp_path / "head.log").open("w"), stderr=subprocess.STDOUT,
-        start_new_session=True, env=loopback)
-    worker = None
-    try:
-        time.sleep(8)
-        worker = subprocess.Popen(
-            [ray_cli, "start", f"--address=127.0.0.2:{port}", "--node-ip-address=127.0.0.3",
-             "--num-cpus=1", "--disable-usage-stats", "--block"],
-            stdout=(tmp_path / "worker.log").open("w"), stderr=subprocess.STDOUT,
-            start_new_session=True, env=loopback)
-        space = _space(tmp_path, "twonodes", SMALL + """
-variants: {p2p7p8_frozen: {}, online_slow: {chrc: {enabled: false}, backbone: {online_lr_scale: 0.1}}}
-seeds: [0, 1]
-""")
-        driver = _spawn(["tune", "launch", str(space), "--storage", str(tmp_path / "out"),
-                         "--cache-dir", str(cache_dir), "--address", f"127.0.0.2:{port}"],
-                        tmp_path / "driver.log", env=loopback)
-        try:
-            assert driver.wait(400) == 0, (tmp_path / "driver.log").read_text()[-3000:]
-        finally:
-            _stop(driver)
-        trials = _trials(tmp_path / "out" / "twonodes")
-        metrics = [json.loads((f / "metrics.json").read_text()) for f in trials.values()]
-        assert len(metrics) == 4
-        ips = {row["node_ip"] for f in trials.values() for row in _results(f)}
-        assert ips == {"127.0.0.2", "127.0.0.3"}  # both nodes ran trials, both on loopback
-        assert {m["backbone_source"] for m in metrics} == {"object_store"}  # none pretrained
-        assert len({m["backbone_key"] for m in metrics}) == 1
-    finally:
-        for process in (worker, head):
-            if process is not None:
-                _stop(process, timeout=45)
 
 
 # ----------------------------------------------------------------------------- optuna

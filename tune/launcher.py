@@ -128,6 +128,15 @@ def connect(address: str | None) -> None:
              ray.cluster_resources())
 
 
+def _pretrain_cpus(tasks: int) -> int:
+    """CPUs per pretraining task: a share of the cluster, at most 4, and never more than the
+    largest node has (a task asking for more than any node offers would wait forever)."""
+    cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
+    largest = max((int(node["Resources"].get("CPU", 0)) for node in ray.nodes()
+                   if node["Alive"]), default=1)
+    return max(1, min(4, largest, cpus // max(tasks, 1)))
+
+
 def _loopback_node(address: str) -> dict[str, str]:
     """A cluster on a loopback address other than 127.0.0.1 (several nodes on one machine, as in
     the tests): the driver is on the node with that address. Ray would otherwise announce this
@@ -257,9 +266,7 @@ def launch(space_path: str | os.PathLike, options: LaunchOptions) -> LaunchRepor
 
     connect(options.address)
     started = time.perf_counter()
-    cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
-    refs = ship_backbones(plans, data_dir, cache_dir,
-                          cpus_per_task=max(1, min(4, cpus // max(len(plans), 1))))
+    refs = ship_backbones(plans, data_dir, cache_dir, cpus_per_task=_pretrain_cpus(len(plans)))
     context = TrialContext(space.model_dump(), space.source, data_dir, cache_dir, refs, overrides)
     resources = {"cpu": space.resources.cpu, "gpu": space.resources.gpu}
     trainable = ray.tune.with_resources(

@@ -1,0 +1,226 @@
+"""``hmem campaign SPACE.yaml``: the plan's stages in order, with its rules deciding in between.
+
+    S0  the control and the CHRC-free baselines
+    S1  A1: its first two variants (A1-base and the first beta), then the rest of the sweep
+        unless those two made A1 ineffective; A2 on the datasets where A1 gained (plan 5.2)
+    S2  B1, B3, B2 in that order, each the same way
+    S3  the best A variant combined with the best B variant, per dataset, when both gained
+
+After each direction, a best variant that gained but "needs reproduction" is rerun with extra
+seeds, together with its control on the same seeds (a gain is always paired by seed). Every
+stage is an ordinary Ray Tune experiment under ``STORAGE/NAME/``, launched with the same code as
+``hmem tune launch`` from a space file written beside it (``stages/STAGE.yaml``), so each can be
+opened, reported on or resumed by itself. Decisions depend only on finished results, so
+``--resume`` replays them: stages that finished are read back, not rerun; an interrupted stage
+continues through ``Tuner.restore``. ``campaign.log`` records each decision and why.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import ray.tune
+import yaml
+
+from analysis.loading import AnalysisError, load_trials
+from analysis.report import write_report
+from analysis.rules import Rules, a2_gate, s3_pair, variant_table, verdicts
+from hmem.config import deep_merge
+from hmem.errors import ConfigError
+from hmem.spaces import SearchSpace, load_space
+
+log = logging.getLogger(__name__)
+
+#: Directions expanded stage by stage, in the plan's order (A2 and S3 are gated).
+SEQUENCE = ["A1", "A2", "B1", "B3", "B2"]
+
+
+@dataclass(frozen=True)
+class CampaignOptions:
+    address: str | None = None
+    storage: str = "results/campaigns"
+    name: str | None = None
+    resume: bool = False
+    data_dir: str | None = None
+    cache_dir: str | None = None
+    extra_seeds: int = 2  # seeds added to a best variant that needs reproduction
+    rules: Rules = field(default_factory=Rules)
+
+
+@dataclass
+class Campaign:
+    """A campaign in progress: the stages run so far and what was decided."""
+
+    space: SearchSpace
+    folder: Path
+    options: CampaignOptions
+    launcher: Callable[..., Any]
+    stages: list[str] = field(default_factory=list)  # experiment folders, in order
+    decisions: list[str] = field(default_factory=list)
+
+    # ------------------------------------------------------------------ running stages
+
+    def run_stage(self, stage: str, variants: dict[str, dict], datasets: list[str],
+                  seeds: list[int] | None = None) -> None:
+        """Launch (or resume, or read back) one stage: these variants on these datasets."""
+        from tune.launcher import LaunchOptions
+
+        if not variants or not datasets:
+            return
+        sub = self.space.model_copy(update={
+            "name": stage,
+            "variants": variants,
+            "datasets": {d: self.space.datasets[d] for d in datasets},
+            "seeds": seeds or self.space.seeds,
+        })
+        path = self.folder / "stages" / f"{stage}.yaml"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(yaml.safe_dump(sub.model_dump(mode="json"), sort_keys=False))
+        experiment = self.folder / stage
+        done = experiment.exists() and ray.tune.Tuner.can_restore(str(experiment))
+        self.decide(f"{stage}: {'resuming' if done else 'running'} {', '.join(variants)} on "
+                    f"{', '.join(datasets)}, seeds {sub.seeds}")
+        self.launcher(path, LaunchOptions(
+            address=self.options.address, storage=str(self.folder), name=stage, resume=done,
+            data_dir=self.options.data_dir, cache_dir=self.options.cache_dir))
+        self.stages.append(str(experiment))
+
+    def decide(self, line: str) -> None:
+        stamp = dt.datetime.now().isoformat(timespec="seconds")
+        self.decisions.append(line)
+        print(f"[campaign] {line}", flush=True)
+        with (self.folder / "campaign.log").open("a") as handle:
+            handle.write(f"{stamp} {line}\n")
+
+    def judge(self) -> tuple:
+        trials = load_trials(self.stages)
+        variants = variant_table(trials, self.options.rules)
+        return variants, verdicts(variants, self.options.rules)
+
+    # ------------------------------------------------------------------ the plan
+
+    def by_direction(self) -> dict[str, list[str]]:
+        """Variant names of the space per direction, in declared order."""
+        first = next(iter(self.space.datasets))
+        groups: dict[str, list[str]] = {}
+        for name in self.space.variants:
+            direction = self.space.trial_config(name, first).direction
+            groups.setdefault(direction, []).append(name)
+        return groups
+
+    def pick(self, names: list[str]) -> dict[str, dict]:
+        return {name: self.space.variants[name] for name in names}
+
+    def expand(self, direction: str, names: list[str], datasets: list[str]) -> None:
+        """The first experiments of a direction (as many as it takes to judge it ineffective),
+        then the rest on the datasets where it is not ineffective."""
+        run = self.options.rules.ineffective_run
+        self.run_stage(f"{direction}-first", self.pick(names[:run]), datasets)
+        rest = names[run:]
+        if not rest or not datasets:
+            return
+        _, table = self.judge()
+        open_on = []
+        for dataset in datasets:
+            row = table[(table["direction"] == direction) & (table["dataset"] == dataset)]
+            if not row.empty and bool(row["ineffective"].iloc[0]):
+                self.decide(f"{direction} on {dataset}: ineffective "
+                            f"({row['ineffective_pair'].iloc[0]} each gain < "
+                            f"{100 * self.options.rules.min_gain:g}%); {', '.join(rest)} not run")
+            else:
+                open_on.append(dataset)
+        self.run_stage(f"{direction}-rest", self.pick(rest), open_on)
+
+    def reproduce(self, direction: str, controls: dict[str, list[str]]) -> None:
+        """Extra seeds for a best variant that gained but is not reproduced yet."""
+        _, table = self.judge()
+        rules = self.options.rules
+        rows = table[(table["direction"] == direction) & table["best_variant"].astype(bool)]
+        for row in rows.itertuples():
+            if row.reproduced or not row.gain >= rules.min_gain or row.ineffective:
+                continue
+            seeds = list(range(max(self.space.seeds) + 1,
+                               max(self.space.seeds) + 1 + self.options.extra_seeds))
+            best = row.best_variant
+            control = controls.get(self._regime_of(best), [])
+            self.decide(f"{direction} on {row.dataset}: {best} needs reproduction "
+                        f"({row.reproductions} seeds beat the control); adding seeds {seeds}")
+            self.run_stage(f"{direction}-repro-{row.dataset}",
+                           {**self.pick(control), **self.pick([best])}, [row.dataset], seeds)
+
+    def _regime_of(self, variant: str) -> str:
+        first = next(iter(self.space.datasets))
+        return self.space.trial_config(variant, first).regime.split(" ")[0]
+
+    def run(self) -> Path:
+        groups = self.by_direction()
+        datasets = list(self.space.datasets)
+        controls: dict[str, list[str]] = {}
+        for name in groups.get("control", []):
+            controls.setdefault(self._regime_of(name), []).append(name)
+        if not controls:
+            raise ConfigError(f"{self.space.source}: a campaign needs a control variant (CHRC "
+                              "on, no direction switched on), e.g. p2p7p8")
+        self.run_stage("S0", self.pick(groups.get("baseline", []) + groups["control"]), datasets)
+
+        for direction in SEQUENCE:
+            names = groups.get(direction, [])
+            if not names:
+                continue
+            active = datasets
+            if direction == "A2":
+                _, table = self.judge()
+                active = []
+                for dataset in datasets:
+                    gate = a2_gate(table, dataset, self.options.rules)
+                    self.decide(f"gate A2 on {dataset}: {'open' if gate.open else 'closed'} "
+                                f"({gate.reason})")
+                    if gate.open:
+                        active.append(dataset)
+            self.expand(direction, names, active)
+            self.reproduce(direction, controls)
+
+        variants, _ = self.judge()
+        for dataset in datasets:
+            gate = s3_pair(variants, dataset, self.options.rules)
+            self.decide(f"gate S3 on {dataset}: {'open' if gate.open else 'closed'} "
+                        f"({gate.reason})")
+            if gate.open:
+                a, b = gate.variants
+                combined = deep_merge(self.space.variants[a], self.space.variants[b])
+                self.run_stage(f"S3-{dataset}", {f"s3_{a}+{b}": combined}, [dataset])
+
+        report = self.folder / "report.html"
+        write_report(self.stages, report, self.options.rules)
+        self.decide(f"report: {report}")
+        return report
+
+
+def run_campaign(space_path: str | os.PathLike, options: CampaignOptions,
+                 launcher: Callable[..., Any] | None = None) -> Path:
+    """Run (or with ``options.resume`` continue) the staged campaign; return the report path."""
+    if "://" in options.storage:
+        raise ConfigError(f"--storage {options.storage}: a campaign keeps its stages and log in "
+                          "a folder (a local path or a shared mount), not a URI")
+    space = load_space(space_path)
+    if space.search.kind != "grid":
+        raise ConfigError(f"{space.source}: a campaign runs grid spaces (search.kind: grid)")
+    folder = Path(options.storage).expanduser().resolve() / (options.name or space.name)
+    if (folder / "campaign.log").exists() and not options.resume:
+        raise AnalysisError(f"{folder} already holds a campaign: pass --resume to continue it, "
+                            "or --name NAME for a new one")
+    if options.resume and not (folder / "campaign.log").exists():
+        raise AnalysisError(f"nothing to resume at {folder}: start the campaign first")
+    folder.mkdir(parents=True, exist_ok=True)
+    if launcher is None:
+        from tune.launcher import launch as launcher
+    campaign = Campaign(space, folder, options, launcher)
+    campaign.decide(f"{'resuming' if options.resume else 'starting'} campaign {folder.name} "
+                    f"from {space.source}")
+    return campaign.run()

@@ -1,0 +1,183 @@
+"""``hmem report EXP_DIR [EXP_DIR ...] --out FILE``: verdicts, tables and figures in one file.
+
+HTML (figures embedded as PNG data) or Markdown (figures as PNG files beside it, in
+``FILE_files/``), chosen by the extension. The notebook ``analysis/report.ipynb`` shows the same
+tables and figures interactively; both are built from :func:`build`.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import html
+import io
+import math
+import os
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import pandas as pd
+from matplotlib.figure import Figure
+
+from analysis import figures
+from analysis.loading import AnalysisError, load_trials
+from analysis.rules import Rules, variant_table, verdicts
+
+VERDICT_COLUMNS = ["direction", "dataset", "best_variant", "mse", "seeds", "gain",
+                   "reproduced", "reproductions", "ineffective", "gain_vs_baseline",
+                   "best_baseline", "dm_p", "noise_floor", "success", "verdict", "notes"]
+VARIANT_COLUMNS = ["direction", "variant", "dataset", "backbone_regime", "seed_mse", "mse",
+                   "seed_gains", "gain", "gain_vs_baseline", "dm_p", "noise_floor",
+                   "ms_per_step", "pair_note"]
+PERCENT = ("gain", "gain_vs_baseline", "noise_floor")
+
+
+@dataclass
+class Analysis:
+    """Everything a report shows, computed once."""
+
+    experiments: list[str]
+    trials: pd.DataFrame
+    variants: pd.DataFrame
+    verdicts: pd.DataFrame
+    rules: Rules
+
+    @property
+    def failed(self) -> pd.DataFrame:
+        return self.trials[~self.trials["valid"]][
+            ["experiment", "variant", "dataset", "seed", "status", "note"]]
+
+    def figures(self) -> dict[str, Figure]:
+        drawn = {
+            "MSE per variant (every seed)": figures.mse_per_variant(self.trials),
+            "A1 beta sweep": figures.beta_sweep(self.trials),
+            "Rolling online MSE against the control": figures.rolling_mse(self.trials),
+            "Gain heatmap": figures.gain_heatmap(self.variants),
+        }
+        return {title: fig for title, fig in drawn.items() if fig is not None}
+
+
+def build(experiments: Sequence[str | os.PathLike] | str | os.PathLike,
+          rules: Rules = Rules()) -> Analysis:
+    """Load, pair, judge. A single folder may be given as a plain string or path."""
+    if isinstance(experiments, (str, os.PathLike)):
+        experiments = [experiments]
+    trials = load_trials(experiments)
+    variants = variant_table(trials, rules)
+    return Analysis([str(e) for e in experiments], trials, variants, verdicts(variants, rules),
+                    rules)
+
+
+def _cell(column: str, value):
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return ""
+    if column in PERCENT:
+        return f"{100 * value:+.2f}%"
+    if column == "mse":
+        return f"{value:.4f}"
+    if column == "dm_p":
+        return f"{value:.3g}"
+    if column == "ms_per_step":
+        return f"{value:.2f}"
+    return value
+
+
+def display_table(frame: pd.DataFrame, columns: Sequence[str]) -> pd.DataFrame:
+    """The columns a reader needs, gains and noise as percentages, MSE to 4 decimals."""
+    shown = frame[[c for c in columns if c in frame]].copy()
+    for column in shown.columns:
+        if column in (*PERCENT, "mse", "dm_p", "ms_per_step"):
+            shown[column] = [_cell(column, v) for v in shown[column]]
+    return shown.fillna("")
+
+
+def _png(fig: Figure) -> bytes:
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=110)
+    plt.close(fig)
+    return buffer.getvalue()
+
+
+def _header(analysis: Analysis) -> tuple[str, list[str]]:
+    rules = analysis.rules
+    thresholds = ", ".join(f"{d} MSE < {t:g}" for d, t in rules.success_mse.items())
+    lines = [
+        f"Generated {dt.datetime.now().isoformat(timespec='seconds')} from "
+        f"{len(analysis.trials)} trial(s) of {', '.join(analysis.experiments)}.",
+        f"Rules: a gain counts from {100 * rules.min_gain:g}% (paired with the control of the "
+        f"same dataset, seed, backbone and backbone regime); {rules.ineffective_run} consecutive "
+        f"experiments below it make a direction ineffective; a best variant is reproduced when "
+        f"{rules.min_reproductions} seeds each beat the control by it; success: {thresholds}.",
+        "Beyond the plan: the gain over the best CHRC-free baseline on the same stream, a "
+        "Diebold-Mariano p-value against the control (HAC variance over H-1 lags), and the "
+        "control's seed-to-seed spread as the noise floor.",
+    ]
+    return "H-Mem 2.1 ablation report", lines
+
+
+def to_html(analysis: Analysis) -> str:
+    title, lines = _header(analysis)
+    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{title}</title>",
+             "<style>body{font-family:sans-serif;max-width:1200px;margin:auto}"
+             "table{border-collapse:collapse;font-size:12px}td,th{border:1px solid #ccc;"
+             "padding:3px 6px}th{background:#eee}</style></head><body>",
+             f"<h1>{title}</h1>", *[f"<p>{html.escape(line)}</p>" for line in lines],
+             "<h2>Verdicts</h2>",
+             display_table(analysis.verdicts, VERDICT_COLUMNS).to_html(index=False),
+             "<h2>MSE per variant</h2>",
+             display_table(analysis.variants, VARIANT_COLUMNS).to_html(index=False)]
+    if not analysis.failed.empty:
+        parts += ["<h2>Trials that do not count</h2>", analysis.failed.to_html(index=False)]
+    for name, fig in analysis.figures().items():
+        data = base64.b64encode(_png(fig)).decode()
+        parts += [f"<h2>{html.escape(name)}</h2>", f"<img alt='{html.escape(name)}' "
+                  f"src='data:image/png;base64,{data}'>"]
+    parts.append("</body></html>")
+    return "\n".join(parts)
+
+
+def to_markdown(analysis: Analysis, assets: Path) -> str:
+    title, lines = _header(analysis)
+    parts = [f"# {title}", "", *[f"{line}\n" for line in lines], "## Verdicts", "",
+             display_table(analysis.verdicts, VERDICT_COLUMNS).to_markdown(index=False), "",
+             "## MSE per variant", "",
+             display_table(analysis.variants, VARIANT_COLUMNS).to_markdown(index=False), ""]
+    if not analysis.failed.empty:
+        parts += ["## Trials that do not count", "", analysis.failed.to_markdown(index=False), ""]
+    for index, (name, fig) in enumerate(analysis.figures().items()):
+        assets.mkdir(parents=True, exist_ok=True)
+        path = assets / f"figure{index + 1}.png"
+        path.write_bytes(_png(fig))
+        parts += [f"## {name}", "", f"![{name}]({assets.name}/{path.name})", ""]
+    return "\n".join(parts)
+
+
+def write_report(experiments: Sequence[str | os.PathLike], out: str | os.PathLike,
+                 rules: Rules = Rules()) -> Analysis:
+    """Analyse ``experiments`` and write the report to ``out`` (.html or .md)."""
+    out = Path(out)
+    if out.suffix.lower() not in (".html", ".htm", ".md", ".markdown"):
+        raise AnalysisError(f"{out}: the report is written as .html or .md (got "
+                            f"'{out.suffix or 'no extension'}')")
+    analysis = build(experiments, rules)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if out.suffix.lower() in (".html", ".htm"):
+        text = to_html(analysis)
+    else:
+        text = to_markdown(analysis, out.with_name(f"{out.stem}_files"))
+    temporary = out.with_name(f".{out.name}.partial")
+    temporary.write_text(text)
+    temporary.replace(out)  # a reader never sees half a report
+    return analysis
+
+
+def rules_from(**overrides) -> Rules:
+    """A :class:`Rules` with some thresholds replaced (unknown names are refused)."""
+    known = asdict(Rules())
+    unknown = sorted(set(overrides) - set(known))
+    if unknown:
+        raise AnalysisError(f"unknown rule setting(s) {', '.join(unknown)}; known: "
+                            f"{', '.join(known)}")
+    return Rules(**{**known, **overrides})

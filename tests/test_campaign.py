@@ -1,0 +1,194 @@
+"""A real staged campaign on the embedded Ray (127.0.0.1), interrupted and resumed, and the
+analysis of its experiment folders: loading, the report in HTML and Markdown, failed and NaN
+trials, and the notebook executed headless.
+
+The space is built so that the rules' outcome is known: A1 with ``beta: 0`` gives exactly the
+control's forecasts (a gain of 0), so its first two experiments make A1 ineffective, the rest of
+its sweep must not run, and A2's gate (A1 gained) and S3's (an A gained) must stay closed.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import ray
+
+from analysis.campaign import CampaignOptions, run_campaign
+from analysis.loading import load_trials
+from tune.launcher import launch
+
+REPO = Path(__file__).resolve().parents[1]
+
+SPACE = """name: tinyplan
+base:
+  data: {dataset: synthetic, seq_len: 48, horizon: 12, max_val_windows: 60,
+         max_test_windows: 300, synthetic: {rows: 3000, variables: 3}}
+  backbone: {kind: nlinear}
+  pretrain: {epochs: 2}
+  chrc: {feature_dim: 16, hidden_dim: 24, refiner_dim: 32, gate_dim: 8,
+         memory: {capacity: 60, min_entries: 8}, retrieval: {top_k: 4, attention_heads: 2},
+         buckets: {count: 2}}
+  snma: {memory_dim: 16}
+  online: {lr: 1.0e-3}
+datasets: {synthetic: {}}
+variants:
+  frozen: {chrc: {enabled: false}}
+  p2p7p8: {}
+  a1_zero: {snma: {enabled: true, beta: 0.0}}
+  a1_zero_b: {snma: {enabled: true, beta: 0.0, lr_scale: 2.0}}
+  a1_sweep: {snma: {enabled: true, beta: 0.3}}
+  a2: {snma: {enabled: true, beta: 0.1, enhance_query: true, gamma: 0.1}}
+  b1_bilinear: {chrc: {retrieval: {similarity: bilinear}}}
+  b3: {chrc: {retrieval: {mode: attention}}}
+seeds: [0, 1]
+report_every: 100
+checkpoint_every: 100
+"""
+
+
+class Interrupt(Exception):
+    """Stands for the driver being stopped between two stages."""
+
+
+def _results(experiment: Path) -> dict[str, str]:
+    return {f.name: (f / "result.json").read_text() for f in experiment.iterdir()
+            if (f / "result.json").exists()}
+
+
+@pytest.fixture(scope="module")
+def campaign(tmp_path_factory, cache_dir):
+    root = tmp_path_factory.mktemp("campaign")
+    space = root / "tinyplan.yaml"
+    space.write_text(SPACE)
+    options = CampaignOptions(storage=str(root / "out"), cache_dir=str(cache_dir))
+    calls = []
+
+    def stop_after_first_stage(path, launch_options):
+        calls.append(launch_options.name)
+        if len(calls) == 2:
+            raise Interrupt
+        return launch(path, launch_options)
+
+    folder = root / "out" / "tinyplan"
+    try:
+        with pytest.raises(Interrupt):
+            run_campaign(space, options, launcher=stop_after_first_stage)
+        first_s0 = _results(folder / "S0")
+        with pytest.raises(Exception, match="already holds a campaign"):
+            run_campaign(space, options)
+        report = run_campaign(space, CampaignOptions(
+            storage=str(root / "out"), cache_dir=str(cache_dir), resume=True))
+    finally:
+        ray.shutdown()
+    return {"folder": folder, "report": report, "first_s0": first_s0, "space": space}
+
+
+def _stages(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir() if (p / "hmem_launch.json").exists())
+
+
+def test_the_campaign_applies_the_rules_between_stages(campaign):
+    folder = campaign["folder"]
+    log = (folder / "campaign.log").read_text()
+    assert "A1 on synthetic: ineffective (a1_zero -> a1_zero_b each gain < 0.5%); a1_sweep " \
+           "not run" in log
+    assert "gate A2 on synthetic: closed (A1 is ineffective on synthetic" in log
+    assert "gate S3 on synthetic: closed (no A" in log
+    stages = _stages(folder)
+    assert stages[:2] == ["A1-first", "B1-first"] and "S0" in stages and "B3-first" in stages
+    ran = {v for v in load_trials([folder / s for s in stages])["variant"]}
+    assert "a1_sweep" not in ran and "a2" not in ran
+    # B directions: a best variant that gained without reproducing got extra seeds
+    trials = load_trials([folder / s for s in stages])
+    for stage in stages:
+        if "-repro-" in stage:
+            seeds = set(trials[trials["experiment"] == stage]["seed"])
+            assert seeds == {2, 3} and "needs reproduction" in log
+    assert campaign["report"] == folder / "report.html" and campaign["report"].exists()
+
+
+def test_a_resumed_campaign_keeps_the_stages_it_finished(campaign):
+    folder = campaign["folder"]
+    log = (folder / "campaign.log").read_text()
+    assert "resuming campaign tinyplan" in log and "S0: resuming" in log
+    assert _results(folder / "S0") == campaign["first_s0"]  # not one S0 trial ran again
+
+
+def test_loading_gives_one_row_per_trial_with_identity_config_and_metrics(campaign):
+    folder = campaign["folder"]
+    stages = [folder / s for s in _stages(folder)]
+    trials = load_trials(stages)
+    folders = sum(len(_results(s)) for s in stages)
+    assert len(trials) == folders and trials["valid"].all()
+    assert set(trials["status"]) == {"TERMINATED"}
+    assert {"experiment", "stage", "direction", "variant", "dataset", "seed", "backbone_key",
+            "mse", "wall_s", "cfg.snma.beta", "cfg.chrc.retrieval.mode"} <= set(trials.columns)
+    by_variant = trials.drop_duplicates("variant").set_index("variant")
+    assert by_variant.loc["frozen", "direction"] == "baseline"
+    assert by_variant.loc["a1_zero", "stage"] == "S1" and by_variant.loc["b3", "stage"] == "S2"
+    assert trials["backbone_key"].nunique() == 1  # one backbone for the whole campaign
+    # beta 0: exactly the control's numbers, seed by seed
+    mse = trials.set_index(["variant", "seed"])["mse"]
+    assert mse[("a1_zero", 0)] == mse[("p2p7p8", 0)] and mse[("a1_zero", 1)] == mse[("p2p7p8", 1)]
+
+
+def test_hmem_report_writes_html_and_markdown(campaign, tmp_path):
+    folder = campaign["folder"]
+    stages = [str(folder / s) for s in _stages(folder)]
+    html_out, md_out = tmp_path / "r.html", tmp_path / "r.md"
+    for out in (html_out, md_out):
+        done = subprocess.run([sys.executable, "-m", "hmem.cli", "report", *stages, "--out",
+                               str(out)], cwd=REPO, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-2000:]
+    page = html_out.read_text()
+    assert "<h2>Verdicts</h2>" in page and page.count("data:image/png;base64,") >= 3
+    for variant in ("p2p7p8", "a1_zero", "b1_bilinear", "b3"):
+        assert variant in page
+    text = md_out.read_text()
+    assert "| direction" in text and "ineffective (a1_zero -> a1_zero_b" in text
+    figures = sorted((tmp_path / "r_files").glob("*.png"))
+    assert len(figures) >= 3 and all(f"r_files/{f.name}" in text for f in figures)
+
+
+def test_failed_and_nan_trials_are_listed_and_never_counted(campaign, tmp_path):
+    copy = tmp_path / "S0"
+    shutil.copytree(campaign["folder"] / "S0", copy)
+    trial_dirs = sorted(d for d in copy.iterdir() if (d / "metrics.json").exists())
+    nan_metrics = json.loads((trial_dirs[0] / "metrics.json").read_text())
+    nan_metrics["mse"] = float("nan")
+    (trial_dirs[0] / "metrics.json").write_text(json.dumps(nan_metrics))
+    (trial_dirs[1] / "metrics.json").unlink()
+    trials = load_trials([copy])
+    invalid = trials[~trials["valid"]].set_index("trial_path")["note"]
+    assert invalid[str(trial_dirs[0])] == "non-finite mse (nan)"
+    assert invalid[str(trial_dirs[1])].startswith("no metrics.json")
+    out = tmp_path / "r.md"
+    done = subprocess.run([sys.executable, "-m", "hmem.cli", "report", str(copy), "--out",
+                           str(out)], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "## Trials that do not count" in out.read_text()
+
+
+def test_the_notebook_runs_headless_and_converts_to_html(campaign, tmp_path):
+    folder = campaign["folder"]
+    stages = [str(folder / s) for s in _stages(folder)]
+    bin_dir = Path(sys.executable).parent
+    executed = tmp_path / "report.ipynb"
+    run = subprocess.run([str(bin_dir / "papermill"), str(REPO / "analysis" / "report.ipynb"),
+                          str(executed), "-y", json.dumps({"experiments": stages}),
+                          "--cwd", str(REPO)], capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    outputs = json.loads(executed.read_text())
+    images = sum("image/png" in out.get("data", {}) for cell in outputs["cells"]
+                 for out in cell.get("outputs", []))
+    assert images >= 3
+    converted = subprocess.run([str(bin_dir / "jupyter"), "nbconvert", "--to", "html",
+                                str(executed)], capture_output=True, text=True, timeout=300)
+    assert converted.returncode == 0, converted.stderr[-2000:]
+    page = (tmp_path / "report.html").read_text()
+    assert "Verdicts" in page and "a1_zero" in page
