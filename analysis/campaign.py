@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import ray.tune
 import yaml
 
@@ -63,6 +64,7 @@ class Campaign:
     launcher: Callable[..., Any]
     stages: list[str] = field(default_factory=list)  # experiment folders, in order
     decisions: list[str] = field(default_factory=list)
+    _loaded: dict[str, pd.DataFrame] = field(default_factory=dict)  # finished stages' trials
 
     # ------------------------------------------------------------------ running stages
 
@@ -98,8 +100,14 @@ class Campaign:
         with (self.folder / "campaign.log").open("a") as handle:
             handle.write(f"{stamp} {line}\n")
 
-    def judge(self) -> tuple:
-        trials = load_trials(self.stages)
+    def judge(self) -> tuple[pd.DataFrame, pd.DataFrame]:
+        """Variant table and verdicts over every stage so far (each stage is read once)."""
+        frames = []
+        for index, stage in enumerate(self.stages):
+            if stage not in self._loaded:
+                self._loaded[stage] = load_trials([stage])
+            frames.append(self._loaded[stage].assign(experiment_index=index))
+        trials = pd.concat(frames, ignore_index=True)
         variants = variant_table(trials, self.options.rules)
         return variants, verdicts(variants, self.options.rules)
 

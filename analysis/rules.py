@@ -135,6 +135,11 @@ def variant_table(trials: pd.DataFrame, rules: Rules = Rules(),
 
     ``curves`` loads a trial's per-window losses for the Diebold-Mariano test; None skips it.
     """
+    # The same cell run in several experiments (a rerun, a copied control): the latest counts.
+    cell = ["variant", "dataset", "seed", "backbone_key"]
+    trials = trials.sort_values("experiment_index", kind="stable")
+    repeated = trials[trials["valid"]].duplicated(cell, keep="last")
+    trials = trials.drop(index=repeated[repeated].index)
     runs = paired_gains(trials)
     valid = trials[trials["valid"]].copy()
     valid["backbone_regime"] = valid["regime"].map(backbone_regime)

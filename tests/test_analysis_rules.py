@@ -217,3 +217,12 @@ def test_variant_table_runs_the_dm_test_on_per_window_losses():
     variants, _ = judge(trials, curves=lambda path, exp: pd.DataFrame({"mse": curves[path]}))
     p = variants.set_index("variant")["dm_p"]
     assert p["a1"] < 1e-6 and p["b1"] == 1.0
+
+
+def test_a_cell_run_in_two_experiments_counts_once_the_latest_run():
+    trials = table(control(0, 1.0), control(1, 1.2), trial("a1", "A1", 0, 0.9),
+                   control(0, 1.0, experiment=1), trial("a1", "A1", 0, 0.8, experiment=1))
+    variants, _ = judge(trials)
+    rows = variants.set_index("variant")
+    assert rows.loc["p2p7p8", "seeds"] == 2 and rows.loc["p2p7p8", "seed_mse"] == "1.0000,1.2000"
+    assert rows.loc["a1", "seeds"] == 1 and rows.loc["a1", "mse"] == 0.8

@@ -192,3 +192,36 @@ def test_the_notebook_runs_headless_and_converts_to_html(campaign, tmp_path):
     assert converted.returncode == 0, converted.stderr[-2000:]
     page = (tmp_path / "report.html").read_text()
     assert "Verdicts" in page and "a1_zero" in page
+
+
+OPEN_SPACE = SPACE.replace("name: tinyplan", "name: opengates").replace(
+    "seeds: [0, 1]", "seeds: [0]")
+
+
+def test_gates_open_and_a_single_seed_gets_reproduced(tmp_path, cache_dir):
+    """The other way through the gates: with a threshold every gain passes, A2 and S3 run; with
+    one seed, each best variant needs reproduction and gets the extra seed with its control."""
+    from analysis.rules import Rules
+
+    space = tmp_path / "opengates.yaml"
+    space.write_text(OPEN_SPACE.replace("  a1_zero_b: {snma: {enabled: true, beta: 0.0, "
+                                        "lr_scale: 2.0}}\n", "").replace(
+        "  a1_sweep: {snma: {enabled: true, beta: 0.3}}\n", "").replace(
+        "  b1_bilinear: {chrc: {retrieval: {similarity: bilinear}}}\n", ""))
+    try:
+        run_campaign(space, CampaignOptions(storage=str(tmp_path / "out"),
+                                            cache_dir=str(cache_dir), extra_seeds=1,
+                                            rules=Rules(min_gain=-1.0)))
+    finally:
+        ray.shutdown()
+    folder = tmp_path / "out" / "opengates"
+    log = (folder / "campaign.log").read_text()
+    assert "gate A2 on synthetic: open (A1's best (a1_zero)" in log
+    assert "gate S3 on synthetic: open" in log
+    assert "A1 on synthetic: a1_zero needs reproduction" in log
+    trials = load_trials([folder / s for s in _stages(folder)])
+    repro = trials[trials["experiment"] == "A1-repro-synthetic"]
+    assert set(zip(repro["variant"], repro["seed"])) == {("p2p7p8", 1), ("a1_zero", 1)}
+    assert "a2" in set(trials["variant"])
+    combined = trials[trials["direction"] == "S3"]["variant"]
+    assert len(combined) == 1 and combined.iloc[0].startswith("s3_a")

@@ -140,6 +140,16 @@ def test_quickstart_end_to_end(tmp_path, cache_dir, ray_shutdown):
         assert tuned["mse"] == _hmem_run_mse(space, variant, seed, cache_dir), variant
     assert [row["variant"] for row in report.best] == ["p2p7p8"]
 
+    # the analysis reads the same experiment: a report with the control's verdict and figures
+    from analysis.report import write_report
+
+    analysis = write_report([experiment], tmp_path / "quickstart.html")
+    assert (analysis.trials["valid"]).all() and len(analysis.trials) == 8
+    control = analysis.verdicts.set_index("direction").loc["control"]
+    assert control["best_baseline"] in ("frozen", "online_slow")
+    page = (tmp_path / "quickstart.html").read_text()
+    assert "p2p7p8_frozen" in page and "data:image/png;base64," in page
+
 
 # ----------------------------------------------------------------------------- resume
 
