@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import math
 import os
 from collections.abc import Iterable
@@ -80,6 +81,8 @@ def _experiment(location: str, index: int) -> list[dict[str, Any]]:
     fs, root = _filesystem(location)
     if fs.get_file_info(root).type != pyarrow.fs.FileType.Directory:
         raise AnalysisError(f"{location}: no such experiment folder")
+    # Ray warns once per trial that has no results yet (pending); the rows say so instead.
+    logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
     try:
         analysis = ExperimentAnalysis(location if "://" in location else root)
     except Exception as err:  # Ray raises ValueError / FileNotFoundError / its own TuneError
