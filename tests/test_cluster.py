@@ -18,7 +18,6 @@ import os
 import re
 import secrets
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -27,6 +26,7 @@ import time
 from pathlib import Path
 
 import pytest
+from processes import stop_group
 
 from hmem.spaces import Cell
 
@@ -40,16 +40,6 @@ def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind((HEAD, 0))
         return sock.getsockname()[1]
-
-
-def _stop(process: subprocess.Popen, timeout: float = 45) -> None:
-    if process.poll() is None:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait(30)
 
 
 def _client_env(tmp_path: Path, token: str | None) -> dict[str, str]:
@@ -118,7 +108,7 @@ def cluster(tmp_path_factory):
         yield handle
     finally:
         for process in reversed(processes):
-            _stop(process)
+            stop_group(process)
         for folder in temp.values():
             shutil.rmtree(folder, ignore_errors=True)
 

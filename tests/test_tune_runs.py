@@ -19,6 +19,7 @@ import pandas as pd
 import pytest
 import ray
 import torch
+from processes import stop_group
 
 from hmem.artefacts import load_or_pretrain
 from hmem.data import prepare
@@ -84,17 +85,6 @@ def _spawn(args: list[str], log: Path, env: dict | None = None) -> subprocess.Po
     return subprocess.Popen([*HMEM, *args], cwd=REPO, stdout=log.open("w"),
                             stderr=subprocess.STDOUT, start_new_session=True,
                             env={**os.environ, **(env or {})})
-
-
-def _stop(process: subprocess.Popen, timeout: float = 60) -> None:
-    """End a process group this test started: SIGTERM, then SIGKILL after ``timeout``."""
-    if process.poll() is None:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait(30)
 
 
 def _wait_for(condition, timeout: float, what: str, process: subprocess.Popen | None = None):
@@ -178,7 +168,7 @@ max_failures: 2
         os.kill(pid, signal.SIGKILL)
         assert driver.wait(300) == 0, (tmp_path / "driver.log").read_text()[-3000:]
     finally:
-        _stop(driver)
+        stop_group(driver)
     rows = _results(folder)
     pids = list(dict.fromkeys(row["pid"] for row in rows))
     assert len(pids) == 2 and pids[0] == pid  # it ran in two worker processes...
@@ -224,7 +214,7 @@ checkpoint_every: 400
     try:
         assert resumed.wait(400) == 0, (tmp_path / "second.log").read_text()[-3000:]
     finally:
-        _stop(resumed)
+        stop_group(resumed)
     trials = _trials(experiment)
     assert len(trials) == 4 and all((f / "metrics.json").exists() for f in trials.values())
     for label, mtime in before.items():
