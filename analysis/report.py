@@ -14,7 +14,7 @@ import io
 import math
 import os
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -172,12 +172,3 @@ def write_report(experiments: Sequence[str | os.PathLike], out: str | os.PathLik
     temporary.replace(out)  # a reader never sees half a report
     return analysis
 
-
-def rules_from(**overrides) -> Rules:
-    """A :class:`Rules` with some thresholds replaced (unknown names are refused)."""
-    known = asdict(Rules())
-    unknown = sorted(set(overrides) - set(known))
-    if unknown:
-        raise AnalysisError(f"unknown rule setting(s) {', '.join(unknown)}; known: "
-                            f"{', '.join(known)}")
-    return Rules(**{**known, **overrides})
