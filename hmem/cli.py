@@ -147,7 +147,33 @@ def _tune_common(parser: argparse.ArgumentParser) -> None:
                         "~/.cache/hmem)")
     parser.add_argument("--set", dest="overrides", action="append", default=[],
                         metavar="KEY=VALUE", help="override a config value in every trial")
+    parser.add_argument("--variants", type=_names, default=None, metavar="A,B",
+                        help="run only these variants of the space (default: all)")
+    parser.add_argument("--datasets", type=_names, default=None, metavar="A,B",
+                        help="run only these datasets of the space (default: all)")
+    parser.add_argument("--seeds", type=_seeds, default=None, metavar="0,1",
+                        help="run these seeds instead of the space's")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+
+
+def _names(text: str) -> list[str]:
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    if not names:
+        raise argparse.ArgumentTypeError("expected comma-separated names, e.g. a1_base,b3")
+    return names
+
+
+def _seeds(text: str) -> list[int]:
+    try:
+        return [int(seed) for seed in _names(text)]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}")
+
+
+def _selection(args: argparse.Namespace):
+    from tune.launcher import Selection
+
+    return Selection(variants=args.variants, datasets=args.datasets, seeds=args.seeds)
 
 
 def _rule_options(parser: argparse.ArgumentParser) -> None:
@@ -281,7 +307,8 @@ def _cmd_tune_launch(args: argparse.Namespace) -> int:
 
     options = LaunchOptions(address=args.address, storage=args.storage, name=args.name,
                             resume=args.resume, dry_run=args.dry_run, data_dir=args.data_dir,
-                            cache_dir=args.cache_dir, overrides=_overrides(args))
+                            cache_dir=args.cache_dir, overrides=_overrides(args),
+                            selection=_selection(args))
     report = launch(args.space, options)
     if report is not None:
         print(format_report(report))
@@ -299,6 +326,10 @@ def _cmd_tune_submit(args: argparse.Namespace) -> int:
             forwarded += [f"--{flag.replace('_', '-')}", value]
     for item in args.overrides:
         forwarded += ["--set", item]
+    for flag in ("variants", "datasets", "seeds"):
+        value = getattr(args, flag)
+        if value is not None:
+            forwarded += [f"--{flag}", ",".join(map(str, value))]
     job = submit(args.address, args.space, forwarded, pip=args.pip)
     print(f"submitted job {job}\n  follow its logs: ray job logs --follow {job} "
           f"--address {args.address}\n  status:          ray job status {job} "

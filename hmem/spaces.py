@@ -217,6 +217,38 @@ class SearchSpace(_Strict):
             source=f"{self.source} (variant {variant}, dataset {dataset})",
         )
 
+    def select(
+        self,
+        variants: list[str] | None = None,
+        datasets: list[str] | None = None,
+        seeds: list[int] | None = None,
+    ) -> SearchSpace:
+        """This space restricted to some of its variants and datasets, and run on ``seeds``.
+
+        Why: rerunning part of a large space (one dataset of the plan, the cells that failed,
+        more seeds for a reproduction) must give exactly the configs the whole file gives, which
+        a hand-copied smaller file cannot promise. Variants keep the file's order, so the
+        analysis still walks them as the file declares. Seeds are free: a repeat is a new seed.
+        """
+        picked: dict[str, Any] = {}
+        for key, names in (("variants", variants), ("datasets", datasets)):
+            available = getattr(self, key)
+            if names is None:
+                continue
+            unknown = [name for name in names if name not in available]
+            if unknown:
+                raise ConfigError(f"{self.source}: no {key[:-1]} {', '.join(map(repr, unknown))}; "
+                                  f"this space has {', '.join(available)}")
+            picked[key] = {name: entry for name, entry in available.items() if name in names}
+        if seeds is not None:
+            picked["seeds"] = seeds
+        try:
+            subset = SearchSpace.model_validate({**self.model_dump(), **picked})
+        except ValidationError as err:
+            raise ConfigError(format_validation_error(err, self.source)) from None
+        subset._source = self._source
+        return subset
+
     def cells(self) -> list[Cell]:
         """Every trial of the grid, variants outermost (the order the file declares them)."""
         return [Cell(v, d, s) for v in self.variants for d in self.datasets for s in self.seeds]

@@ -107,12 +107,12 @@ def test_submit_sends_the_launch_with_the_project_as_working_dir(monkeypatch, ca
     monkeypatch.setattr(tune.submit, "JobSubmissionClient", FakeClient)
     code = main(["tune", "submit", "search_spaces/quickstart.yaml", "--address",
                  "http://127.0.0.1:8265", "--storage", "/shared/results", "--set",
-                 "online.lr=2e-5", "--pip"])
+                 "online.lr=2e-5", "--seeds", "2,3", "--pip"])
     assert code == 0
     assert submitted["address"] == "http://127.0.0.1:8265"
     assert submitted["entrypoint"] == (
         "python -m hmem.cli tune launch search_spaces/quickstart.yaml --storage /shared/results "
-        "--set online.lr=2e-5 --address auto")
+        "--set online.lr=2e-5 --seeds 2,3 --address auto")
     env = submitted["runtime_env"]
     assert Path(env["working_dir"], "hmem", "cli.py").is_file()
     assert ".venv" in env["excludes"] and "*.csv.gz" in env["excludes"]
@@ -164,3 +164,29 @@ variants: {c: {}}
     (tmp_path / "orphan.yaml").write_text("name: o\nextends: missing.yaml\n")
     with pytest.raises(ConfigError, match=r"missing\.yaml: no such search-space file \(extended by"):
         load_space(tmp_path / "orphan.yaml")
+
+
+def test_part_of_a_space_runs_with_the_whole_files_configs(tmp_path, capsys):
+    path = _write(tmp_path, GOOD.replace("variants: {a: {}, b: {chrc: {enabled: false}}}",
+                                         "variants: {a: {}, b: {chrc: {enabled: false}}, c: {}}"))
+    whole = load_space(path)
+    part = whole.select(variants=["c", "b"], seeds=[5])
+    assert [cell.label() for cell in part.cells()] == ["b-synthetic-s5", "c-synthetic-s5"]
+    assert part.trial_config("b", "synthetic", 5) == whole.trial_config("b", "synthetic", 5)
+
+    assert main(["tune", "launch", str(path), "--dry-run", "--variants", "b",
+                 "--seeds", "0,7"]) == 0
+    out = capsys.readouterr().out
+    assert "b-synthetic-s0" in out and "b-synthetic-s7" in out and "a-synthetic" not in out
+    assert "2 trial(s)" in out
+
+    assert main(["tune", "launch", str(path), "--dry-run", "--variants", "b,zz"]) == 2
+    assert "space.yaml: no variant 'zz'; this space has a, b, c" in capsys.readouterr().err
+    assert main(["tune", "launch", str(path), "--dry-run", "--datasets", "ETTm1"]) == 2
+    assert "no dataset 'ETTm1'; this space has synthetic" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["tune", "launch", str(path), "--seeds", "0,one"])
+    assert "expected comma-separated integers, got '0,one'" in capsys.readouterr().err
+    assert main(["tune", "launch", str(path), "--storage", str(tmp_path), "--resume",
+                 "--seeds", "3"]) == 2
+    assert "--resume continues the saved one as launched" in capsys.readouterr().err
