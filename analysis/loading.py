@@ -90,8 +90,8 @@ def _experiment(location: str, index: int) -> list[dict[str, Any]]:
     raw_record = _read_text(fs, f"{root}/{LAUNCH_RECORD}")
     record = json.loads(raw_record) if raw_record else None
     space = _space_of(record)
-    order = list(space.variants) if space else []
-    name = Path(root).name
+    where = {"name": Path(root).name, "location": location, "index": index,
+             "order": list(space.variants) if space else []}
 
     rows = []
     for trial in analysis.trials:
@@ -110,44 +110,61 @@ def _experiment(location: str, index: int) -> list[dict[str, Any]]:
         status = trial.status
         mse = metrics.get("mse", math.nan)
         note = ""
-        if status != "TERMINATED":
+        if status in ("PENDING", "RUNNING"):
+            # Ray saves a running trial as PENDING, so the state file cannot tell them apart.
+            note = "not finished (pending or running)"
+        elif status != "TERMINATED":
             note = f"trial {status.lower()}" + (f": {trial.error_file}" if status == "ERROR"
                                                  and getattr(trial, "error_file", None) else "")
         elif not metrics:
             note = "no metrics.json (stopped early or not synced)"
         elif not math.isfinite(mse):
             note = f"non-finite mse ({mse})"
-        direction = cfg.direction if cfg is not None else "unknown"
-        row = {
-            "experiment": name,
-            "experiment_path": location,
-            "experiment_index": index,
-            "variant_order": order.index(cell.variant) if cell.variant in order else len(order),
-            "stage": STAGE_OF.get(direction, "?"),
-            "direction": direction,
-            "variant": cell.variant,
-            "dataset": cell.dataset,
-            "seed": cell.seed,
-            "regime": metrics.get("regime", cfg.regime if cfg else None),
-            "backbone_key": metrics.get("backbone_key"),
-            "backbone_online_lr": (cfg.online.lr * cfg.backbone.online_lr_scale
-                                   if cfg else math.nan),
-            "status": status,
-            "valid": not note,
-            "note": note,
-            "mse": mse,
-            "mae": metrics.get("mae", math.nan),
-            "rmse": metrics.get("rmse", math.nan),
-            "steps": metrics.get("steps", math.nan),
-            "ms_per_step": metrics.get("ms_per_step", math.nan),
-            "wall_s": metrics.get("seconds_total", math.nan),
-            "trial_id": trial.trial_id,
-            "trial_path": trial_root,
-        }
-        if cfg is not None:
-            row.update({f"cfg.{k}": v for k, v in flatten(cfg.model_dump()).items()})
-        rows.append(row)
+        rows.append(_row(where, cell, cfg, metrics, status, note, trial.trial_id, trial_root))
+    if space is not None and space.search.kind == "grid":
+        # Ray creates a grid's trials as it goes: an interrupted search has not created them all.
+        seen = {(row["variant"], row["dataset"], row["seed"]) for row in rows}
+        overrides = record.get("overrides") or {}
+        for cell in space.cells():
+            if (cell.variant, cell.dataset, cell.seed) not in seen:
+                cfg = space.trial_config(cell.variant, cell.dataset, cell.seed, overrides)
+                rows.append(_row(where, cell, cfg, {}, "NOT_STARTED", "not started", None, None))
     return rows
+
+
+def _row(where: dict[str, Any], cell: Cell, cfg: TrialConfig | None, metrics: dict[str, Any],
+         status: str, note: str, trial_id: str | None, trial_path: str | None) -> dict[str, Any]:
+    order = where["order"]
+    direction = cfg.direction if cfg is not None else "unknown"
+    row = {
+        "experiment": where["name"],
+        "experiment_path": where["location"],
+        "experiment_index": where["index"],
+        "variant_order": order.index(cell.variant) if cell.variant in order else len(order),
+        "stage": STAGE_OF.get(direction, "?"),
+        "direction": direction,
+        "variant": cell.variant,
+        "dataset": cell.dataset,
+        "seed": cell.seed,
+        "regime": metrics.get("regime", cfg.regime if cfg else None),
+        "backbone_key": metrics.get("backbone_key"),
+        "backbone_online_lr": (cfg.online.lr * cfg.backbone.online_lr_scale
+                               if cfg else math.nan),
+        "status": status,
+        "valid": not note,
+        "note": note,
+        "mse": metrics.get("mse", math.nan),
+        "mae": metrics.get("mae", math.nan),
+        "rmse": metrics.get("rmse", math.nan),
+        "steps": metrics.get("steps", math.nan),
+        "ms_per_step": metrics.get("ms_per_step", math.nan),
+        "wall_s": metrics.get("seconds_total", math.nan),
+        "trial_id": trial_id,
+        "trial_path": trial_path,
+    }
+    if cfg is not None:
+        row.update({f"cfg.{k}": v for k, v in flatten(cfg.model_dump()).items()})
+    return row
 
 
 def load_trials(experiments: Iterable[str | os.PathLike]) -> pd.DataFrame:

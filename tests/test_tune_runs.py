@@ -21,6 +21,7 @@ import ray
 import torch
 from processes import stop_group
 
+from analysis.loading import load_trials
 from hmem.artefacts import load_or_pretrain
 from hmem.data import prepare
 from hmem.online import run_trial
@@ -208,6 +209,10 @@ checkpoint_every: 400
         driver.wait(30)
     folders = _trials(experiment)
     labels = [Cell(**trial.config["cell"]).label() for trial in finished]
+    table = load_trials([experiment])  # what a report of the interrupted experiment shows
+    assert len(table) == 4 and table["valid"].sum() == len(finished)
+    assert set(table.loc[~table["valid"], "note"]) <= {"not finished (pending or running)",
+                                                       "not started"}
     before = {label: (folders[label] / "metrics.json").stat().st_mtime_ns for label in labels}
 
     resumed = _spawn([*args, "--resume"], tmp_path / "second.log")

@@ -78,6 +78,8 @@ def hmem_trainable(params: dict[str, Any], context: TrialContext) -> None:
     if checkpoint is not None:
         with checkpoint.as_directory() as folder:
             run.load_state_dict(torch.load(Path(folder) / STATE_FILE, weights_only=True))
+        # The clock restarts with the process; the checkpoint carries the online time before.
+        started -= sum(run.seconds.values())
         log.info("trial %s: resumed at test window %d", trial.cell.label(),
                  run.test_windows_done)
 
