@@ -12,7 +12,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
-from analysis.loading import load_curve  # noqa: E402
+from analysis.loading import load_losses  # noqa: E402
 from analysis.rules import backbone_regime  # noqa: E402
 
 
@@ -78,7 +78,7 @@ def beta_sweep(trials: pd.DataFrame) -> Figure | None:
 
 
 def rolling_mse(trials: pd.DataFrame, window: int | None = None,
-                loader=load_curve) -> Figure | None:
+                loader=load_losses) -> Figure | None:
     """Rolling per-window test MSE of each variant (seed-averaged) against the control.
 
     The rolling window defaults to a twentieth of the stream (at most 2000 windows)."""
@@ -92,7 +92,7 @@ def rolling_mse(trials: pd.DataFrame, window: int | None = None,
         rows = valid[valid["dataset"] == dataset]
         for variant, group in rows.groupby("variant", sort=False):
             losses = [loader(r.trial_path, r.experiment_path) for r in group.itertuples()]
-            losses = [c["mse"].to_numpy() for c in losses if c is not None]
+            losses = [c for c in losses if c is not None]
             if not losses or len({len(c) for c in losses}) != 1:
                 continue
             span = window or max(10, min(2000, len(losses[0]) // 20))

@@ -12,6 +12,7 @@ through pyarrow's filesystems, as Ray writes them.
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 import logging
@@ -21,6 +22,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import pyarrow.fs
 
@@ -183,8 +185,17 @@ def load_trials(experiments: Iterable[str | os.PathLike]) -> pd.DataFrame:
     return frame
 
 
-def load_curve(trial_path: str, experiment_path: str) -> pd.DataFrame | None:
-    """The per-window test losses of one trial (``curve.csv``), or None when it has none."""
+@functools.lru_cache(maxsize=128)
+def load_losses(trial_path: str, experiment_path: str) -> np.ndarray | None:
+    """The per-window test MSE of one trial (``curve.csv``), read-only; None when it has none.
+
+    Cached: the verdicts, the campaign's gates and the report's figures all read the same
+    finished curves, and a finished trial's curve never changes.
+    """
     fs, _ = _filesystem(experiment_path)
     text = _read_text(fs, f"{trial_path}/curve.csv")
-    return pd.read_csv(io.StringIO(text)) if text else None
+    if not text:
+        return None
+    losses = pd.read_csv(io.StringIO(text), usecols=["mse"])["mse"].to_numpy(dtype=np.float64)
+    losses.setflags(write=False)
+    return losses

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from analysis.loading import AnalysisError, load_curve
+from analysis.loading import AnalysisError, load_losses
 from analysis.significance import diebold_mariano, noise_floor
 
 #: Directions judged by the rules, in the plan's order.
@@ -126,11 +126,11 @@ def success(dataset: str, mse: float, reproduced: bool, rules: Rules = Rules()) 
 # ----------------------------------------------------------------------------- per variant
 
 
-CurveLoader = Callable[[str, str], "pd.DataFrame | None"]
+CurveLoader = Callable[[str, str], "np.ndarray | None"]
 
 
 def variant_table(trials: pd.DataFrame, rules: Rules = Rules(),
-                  curves: CurveLoader | None = load_curve) -> pd.DataFrame:
+                  curves: CurveLoader | None = load_losses) -> pd.DataFrame:
     """One row per (direction, variant, dataset): MSE over seeds, gains, baseline, DM, noise.
 
     ``curves`` loads a trial's per-window losses for the Diebold-Mariano test; None skips it.
@@ -210,7 +210,7 @@ def _dm(group: pd.DataFrame, controls: pd.DataFrame, curves: CurveLoader,
             curve = curves(row.trial_path, row.experiment_path)
             if curve is None:
                 return None
-            losses.append(curve["mse"].to_numpy())
+            losses.append(curve)
         lengths = {len(loss) for loss in losses}
         return np.mean(losses, axis=0) if len(lengths) == 1 else None
 

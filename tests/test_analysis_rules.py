@@ -214,7 +214,7 @@ def test_variant_table_runs_the_dm_test_on_per_window_losses():
     loss = rng.gamma(2.0, 1.0, 400)
     curves = {"p2p7p8-ETTm1-0": loss, "a1-ETTm1-0": loss * 0.8, "b1-ETTm1-0": loss}
     trials = table(control(0, 1.0), trial("a1", "A1", 0, 0.8), trial("b1", "B1", 0, 1.0))
-    variants, _ = judge(trials, curves=lambda path, exp: pd.DataFrame({"mse": curves[path]}))
+    variants, _ = judge(trials, curves=lambda path, exp: np.asarray(curves[path]))
     p = variants.set_index("variant")["dm_p"]
     assert p["a1"] < 1e-6 and p["b1"] == 1.0
 
