@@ -176,7 +176,8 @@ def variant_table(trials: pd.DataFrame, rules: Rules = Rules(),
             "ms_per_step": float(group["ms_per_step"].mean()),
         }
         row["reproduced"] = row["reproductions"] >= rules.min_reproductions
-        row["below_noise"] = (bool(row["gain"] < row["noise_floor"])
+        # a difference either way that the control's own seed spread could explain
+        row["below_noise"] = (bool(abs(row["gain"]) < row["noise_floor"])
                               if not (math.isnan(row["gain"]) or math.isnan(row["noise_floor"]))
                               else None)
         row.update(_dm(group, controls, curves, trials) if direction != "control" and curves
@@ -298,6 +299,9 @@ def _verdict_text(row: dict, best: pd.Series, rules: Rules, direction: str) -> s
     elif row["gain"] >= rules.min_gain:
         parts.append(f"needs reproduction ({row['reproductions']} seeds beat the control by "
                      f">= {pct:g}%)")
+    elif row["gain"] < 0 and row["dm_p"] < rules.significance:
+        parts.append(f"worse than the control ({100 * row['gain']:+.2f}%, "
+                     f"DM p = {row['dm_p']:.2g})")
     else:
         parts.append(f"no gain ({100 * row['gain']:+.2f}%)")
     if row["below_noise"]:

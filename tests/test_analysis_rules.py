@@ -162,10 +162,14 @@ def test_every_verdict_shows_the_strongest_simple_baseline():
 
 def test_a_gain_inside_the_controls_seed_spread_is_flagged():
     trials = table(control(0, 1.0), control(1, 1.1), trial("a1", "A1", 0, 0.97),
-                   trial("a1", "A1", 1, 1.06))
-    row = judge(trials)[1].set_index("direction").loc["A1"]
+                   trial("a1", "A1", 1, 1.06), trial("b3", "B3", 0, 1.3),
+                   trial("b3", "B3", 1, 1.4))
+    rows = judge(trials)[1].set_index("direction")
+    row = rows.loc["A1"]
     assert row["noise_floor"] == pytest.approx(noise_floor([1.0, 1.1]))
     assert row["below_noise"] and "seed noise" in row["verdict"]
+    # a loss far outside the spread is not noise
+    assert not rows.loc["B3", "below_noise"] and "seed noise" not in rows.loc["B3", "verdict"]
     assert math.isnan(noise_floor([1.0]))  # one seed: unknown, not zero
 
 
@@ -214,9 +218,14 @@ def test_variant_table_runs_the_dm_test_on_per_window_losses():
     loss = rng.gamma(2.0, 1.0, 400)
     curves = {"p2p7p8-ETTm1-0": loss, "a1-ETTm1-0": loss * 0.8, "b1-ETTm1-0": loss}
     trials = table(control(0, 1.0), trial("a1", "A1", 0, 0.8), trial("b1", "B1", 0, 1.0))
-    variants, _ = judge(trials, curves=lambda path, exp: np.asarray(curves[path]))
+    curves["b3-ETTm1-0"] = loss * 1.25
+    trials = table(*trials.to_dict("records"), trial("b3", "B3", 0, 1.25))
+    variants, verdict = judge(trials, curves=lambda path, exp: np.asarray(curves[path]))
     p = variants.set_index("variant")["dm_p"]
-    assert p["a1"] < 1e-6 and p["b1"] == 1.0
+    assert p["a1"] < 1e-6 and p["b1"] == 1.0 and p["b3"] < 1e-6
+    text = verdict.set_index("direction")["verdict"]
+    assert text["B3"].startswith("worse than the control (-25.00%, DM p = ")
+    assert text["B1"].startswith("no gain (+0.00%)") and "DM p = 1.00" in text["B1"]
 
 
 def test_a_cell_run_in_two_experiments_counts_once_the_latest_run():
