@@ -92,6 +92,7 @@ def _experiment(location: str, index: int) -> list[dict[str, Any]]:
     raw_record = _read_text(fs, f"{root}/{LAUNCH_RECORD}")
     record = json.loads(raw_record) if raw_record else None
     space = _space_of(record)
+    overrides = (record or {}).get("overrides") or {}
     where = {"name": Path(root).name, "location": location, "index": index,
              "order": list(space.variants) if space else []}
 
@@ -105,8 +106,7 @@ def _experiment(location: str, index: int) -> list[dict[str, Any]]:
         if config_text:
             cfg = TrialConfig.model_validate(json.loads(config_text))
         elif space is not None:
-            cfg = space.trial_config(cell.variant, cell.dataset, cell.seed,
-                                     record.get("overrides") or {})
+            cfg = space.trial_config(cell.variant, cell.dataset, cell.seed, overrides)
         else:
             cfg = None
         status = trial.status
@@ -126,7 +126,6 @@ def _experiment(location: str, index: int) -> list[dict[str, Any]]:
     if space is not None and space.search.kind == "grid":
         # Ray creates a grid's trials as it goes: an interrupted search has not created them all.
         seen = {(row["variant"], row["dataset"], row["seed"]) for row in rows}
-        overrides = record.get("overrides") or {}
         for cell in space.cells():
             if (cell.variant, cell.dataset, cell.seed) not in seen:
                 cfg = space.trial_config(cell.variant, cell.dataset, cell.seed, overrides)

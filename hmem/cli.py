@@ -167,7 +167,8 @@ def _seeds(text: str) -> list[int]:
     try:
         return [int(seed) for seed in _names(text)]
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}")
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated integers, got {text!r}") from None
 
 
 def _selection(args: argparse.Namespace):

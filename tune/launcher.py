@@ -47,6 +47,15 @@ DEFAULT_STORAGE = "results/tune"
 
 
 @dataclass(frozen=True)
+class Selection:
+    """Part of a space to run (``--variants``, ``--datasets``, ``--seeds``); None keeps all."""
+
+    variants: list[str] | None = None
+    datasets: list[str] | None = None
+    seeds: list[int] | None = None
+
+
+@dataclass(frozen=True)
 class LaunchOptions:
     address: str | None = None
     storage: str | None = None
@@ -56,16 +65,7 @@ class LaunchOptions:
     data_dir: str | None = None
     cache_dir: str | None = None
     overrides: dict[str, Any] = field(default_factory=dict)
-    selection: Selection = field(default_factory=lambda: Selection())
-
-
-@dataclass(frozen=True)
-class Selection:
-    """Part of a space to run (``--variants``, ``--datasets``, ``--seeds``); None keeps all."""
-
-    variants: list[str] | None = None
-    datasets: list[str] | None = None
-    seeds: list[int] | None = None
+    selection: Selection = field(default_factory=Selection)
 
 
 @dataclass
@@ -246,6 +246,10 @@ def _read_record(exp_path: str) -> dict[str, Any] | None:
 
 def launch(space_path: str | os.PathLike, options: LaunchOptions) -> LaunchReport | None:
     chosen = options.selection
+    if options.resume and chosen != Selection():
+        raise ConfigError("--variants, --datasets and --seeds choose what a new experiment runs; "
+                          "--resume continues the saved one as launched: drop them, or launch "
+                          "the selection under a new --name")
     space = load_space(space_path).select(chosen.variants, chosen.datasets, chosen.seeds)
     storage = _absolute_storage(options.storage or space.storage or DEFAULT_STORAGE)
     name = options.name or space.name
@@ -255,10 +259,6 @@ def launch(space_path: str | os.PathLike, options: LaunchOptions) -> LaunchRepor
     cache_dir = str(resolve_cache_dir(options.cache_dir).resolve())
     overrides = options.overrides
 
-    if options.resume and options.selection != Selection():
-        raise ConfigError("--variants, --datasets and --seeds choose what a new experiment runs; "
-                          "--resume continues the saved one as launched: drop them, or launch "
-                          "the selection under a new --name")
     if options.resume and not options.dry_run:
         record = _read_record(exp_path) if Path(exp_path).exists() or "://" in exp_path else None
         if record is None or not ray.tune.Tuner.can_restore(exp_path):
