@@ -1,7 +1,7 @@
 """The ``hmem`` command line.
 
     hmem run SPACE.yaml --variant NAME --dataset NAME [--seed N] [--set dotted.key=value ...]
-             [--data-dir DIR] [--out DIR] [--cache-dir DIR]
+             [--data-dir DIR] [--out DIR] [--cache-dir DIR] [--save-forecasts]
     hmem pretrain SPACE.yaml --dataset NAME [--seed N] [--variant NAME] [--data-dir DIR]
     hmem pretrain-encoder SPACE.yaml --dataset NAME [--variant NAME]
     hmem tune launch|submit|token ...     (Ray Tune searches; see tune/)
@@ -53,6 +53,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="results folder (default: results/runs/SPACE/VARIANT-DATASET-sSEED)")
     run.add_argument("--progress-every", type=int, default=5000, metavar="N",
                      help="log the running test MSE every N windows (default 5000)")
+    run.add_argument("--save-forecasts", action="store_true",
+                     help="also write OUT/forecasts.npz: start_row [N] and forecast [N, H, C] of "
+                     "every scored test window (scaled values, as the metrics use)")
     run.set_defaults(handler=_cmd_run)
 
     pretrain = commands.add_parser("pretrain", help="pretrain (or load) a backbone and its cache")
@@ -225,7 +228,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
     out = Path(args.out or Path("results") / "runs" / space.name / cell.label())
     result = run_trial_and_save(cfg, space.name, cell, out, data_dir=args.data_dir,
                                 cache_dir=args.cache_dir, progress=_log_progress,
-                                progress_every=args.progress_every)
+                                progress_every=args.progress_every,
+                                save_forecasts=args.save_forecasts)
     m = result.metrics
     print(
         f"{cell.label()} [{m['regime']}]: MSE {m['mse']:.4f}  MAE {m['mae']:.4f}  "

@@ -98,8 +98,12 @@ class PretrainConfig(_Config):
     batch_size: int = Field(32, ge=1)
     epochs: int = Field(10, ge=1)
     patience: int = Field(3, ge=1)
-    constant_lr_epochs: int = Field(2, ge=0, description="epochs at full lr before decay starts")
-    lr_decay: float = Field(0.5, gt=0, le=1, description="lr multiplier per epoch after those")
+    constant_lr_epochs: int = Field(
+        3, ge=0, description="epochs at full lr before decay starts (the reference's type3: 3)"
+    )
+    lr_decay: float = Field(
+        0.9, gt=0, le=1, description="lr multiplier per epoch after those (type3: 0.9)"
+    )
     seed: int = Field(0, ge=0, description="seed of the backbone's weights and batch order")
 
 
@@ -127,13 +131,28 @@ class RetrievalConfig(_Config):
     similarity: Literal["cosine", "bilinear", "mlp"] = Field(
         "cosine", description="B1: how a query scores keys (bilinear and mlp are learned)"
     )
-    shortlist: int = Field(64, ge=1, description="B1 mlp: cosine candidates it re-scores")
+    shortlist: int = Field(
+        64, ge=1, description="B1: cosine candidates a learned similarity re-scores (mlp, soft)"
+    )
+    soft: bool = Field(
+        False,
+        description="B1's soft retrieval (plan 5.6): softmax weights over the whole shortlist "
+        "instead of the top-k, so the learned similarity gets a gradient from every candidate",
+    )
     mode: Literal["topk", "attention"] = Field(
         "topk", description="B3: attention weighs every entry instead of the top-k"
     )
     attention_heads: int = Field(4, ge=1)
     attention_window: int | None = Field(
         None, ge=1, description="B3: attend only to the entries of the last N writes"
+    )
+    attention_temperature: float | None = Field(
+        None, gt=0, description="B3: logit temperature per head (None: retrieval.temperature, "
+        "the plan's literal form)"
+    )
+    attention_learn_scale: bool = Field(
+        False, description="B3: learn each head's logit scale (from 1 / attention_temperature), "
+        "so content can outweigh the recency prior"
     )
 
     @model_validator(mode="after")
@@ -144,7 +163,12 @@ class RetrievalConfig(_Config):
                 f"retrieval.similarity must stay cosine (got {self.similarity!r}); use "
                 f"mode: topk to learn the similarity"
             )
-        if self.similarity == "mlp" and self.shortlist < self.top_k:
+        if self.soft and self.similarity == "cosine":
+            raise ValueError(
+                "retrieval.soft is B1's soft retrieval for a learned similarity: set "
+                "retrieval.similarity to bilinear or mlp"
+            )
+        if (self.similarity == "mlp" or self.soft) and self.shortlist < self.top_k:
             raise ValueError(
                 f"retrieval.shortlist must be at least top_k (shortlist={self.shortlist}, "
                 f"top_k={self.top_k})"
@@ -243,6 +267,12 @@ class SnmaConfig(_Config):
         False, description="A2: CHRC query = normalize(feature + gamma * W h_snma)"
     )
     gamma: float = Field(0.1, ge=0, description="A2: weight of the SNMA feature in the query")
+    query_shift: Literal["absolute", "relative"] = Field(
+        "absolute",
+        description="A2: absolute adds gamma * W h (the plan's literal form, about 3 % of the "
+        "feature's norm at initialisation); relative adds gamma * sqrt(D) * W h / ||W h||, a "
+        "shift of gamma times the layer-normalised feature's norm",
+    )
 
 
 # --------------------------------------------------------------------------- online / runtime
@@ -262,6 +292,10 @@ class RuntimeConfig(_Config):
     compile: bool = Field(
         False, description="torch.compile the online hot path: about half the ms/step once "
         "compiled, after a one-off compilation of tens of seconds per trial"
+    )
+    probe_every: int = Field(
+        50, ge=0, description="measure how much each direction's mechanism acts on every N-th "
+        "test forecast (reads only; 0 switches it off)"
     )
     base_cache: bool = Field(
         True, description="frozen backbone: read its forecasts from the precomputed cache "

@@ -5,7 +5,11 @@ same numbers whichever way it was launched. The results folder holds:
 
 - ``metrics.json``: the scores, timings, the regime and the trial's identity;
 - ``curve.csv``: per-window test MSE and MAE (the online learning curve);
-- ``config.json``: the fully resolved config, so that every number can be reproduced.
+- ``config.json``: the fully resolved config, so that every number can be reproduced;
+- ``forecasts.npz`` (``save_forecasts``): ``start_row [N]``, each scored test window's first
+  input row in the file, and ``forecast [N, H, C]``, its forecast in the scaled space the metrics
+  use. Anyone can check leakage from outside with it: perturb the file from row ``T`` on and
+  rerun; every forecast with ``start_row <= T - seq_len`` must be bit-identical.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import torch
 
@@ -60,11 +65,15 @@ def describe(
 
 
 def write_results(out: Path, cfg: TrialConfig, data: PreparedData, result: RunResult) -> None:
-    """``config.json``, ``metrics.json`` and ``curve.csv`` of a finished trial."""
+    """``config.json``, ``metrics.json``, ``curve.csv`` (and ``forecasts.npz`` when the result
+    kept them) of a finished trial."""
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.json").write_text(json.dumps(cfg.model_dump(), indent=2))
     (out / "metrics.json").write_text(json.dumps(result.metrics, indent=2))
     starts = data.segments["test"].window_starts(data.seq_len, data.horizon)[: len(result.curve)]
+    if result.forecasts is not None:  # plain arrays: np.load(..., allow_pickle=False) reads them
+        np.savez_compressed(out / "forecasts.npz", start_row=np.asarray(starts, dtype=np.int64),
+                            forecast=result.forecasts.numpy())
     pd.DataFrame(
         {
             "window": range(len(result.curve)),
@@ -86,6 +95,7 @@ def run_trial_and_save(
     cache_dir: str | None = None,
     progress: ProgressFn | None = None,
     progress_every: int = 1000,
+    save_forecasts: bool = False,
 ) -> RunResult:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -99,7 +109,7 @@ def run_trial_and_save(
         encoder = load_or_pretrain_encoder(cfg, data, pretrained, cache_dir)
     torch.set_num_threads(cfg.runtime.threads)
     result = run_trial(cfg, data, pretrained, progress=progress, progress_every=progress_every,
-                       encoder=encoder.state if encoder else None)
+                       keep_forecasts=save_forecasts, encoder=encoder.state if encoder else None)
     result.metrics.update(describe(cfg, space, cell, pretrained, encoder))
     write_results(out, cfg, data, result)
     log.info("results written to %s", out)

@@ -48,10 +48,10 @@ def test_min_entries_capacity_and_clear():
     for i in range(10):
         memory.write(_unit(8, seed=10 + i), torch.ones(6))
     assert memory.size == 6 and memory.writes == 14  # never beyond capacity
-    assert torch.isfinite(memory.similarities(_unit(8))).all()  # every slot in use
+    assert torch.isfinite(memory.scores(_unit(8))[0]).all()  # every slot in use
     memory.clear()
     assert memory.size == 0 and not memory.ready and memory.writes == 0
-    assert torch.isinf(memory.similarities(_unit(8))).all()  # empty slots never retrieved
+    assert torch.isinf(memory.scores(_unit(8))[0]).all()  # empty slots never retrieved
 
 
 @pytest.mark.parametrize("weights, expected_slot", [
@@ -138,7 +138,7 @@ def test_switches_that_are_off_build_nothing():
     with_gate.memory.load_state_dict(plain.memory.state_dict())
     a = plain.correct(query, torch.zeros(4, 3))
     b = with_gate.correct(query, torch.zeros(4, 3))
-    top = plain.memory.similarities(query).max()
+    top = plain.memory.scores(query)[0].max()
     assert torch.allclose(b.gate, a.gate * soft_gate(SoftGateConfig(), top), atol=1e-6)
 
 

@@ -139,6 +139,7 @@ def _running_metrics(run: OnlineRun) -> dict[str, Any]:
         "memory_fill": progress.memory_fill,
         "mean_gate": _number(progress.mean_gate),
         "ms_per_step": progress.ms_per_step,
+        **progress.acted,
         "pid": os.getpid(),
         "node": ray.get_runtime_context().get_node_id(),
     }

@@ -10,9 +10,17 @@ divided by the retrieval temperature.
 Cost: the key projection is applied to the query (``keys @ (W_k^T W_q q)``), so a step costs
 ``O(N * D)`` for ``N`` stored entries, like the cosine scores of top-k, instead of ``O(N * D^2)``.
 The gates keep their inputs: the top-k decayed cosine similarities, from the same memory.
+
+Logit scale: the plan's literal form divides by the retrieval temperature (0.1). Keys of one
+memory are close to each other (cosines within about 0.1), so content then moves a weight by a
+factor of about 3 while the age prior moves it by 60: attention is a recency-weighted mean.
+``attention_temperature`` sets each head's scale and ``attention_learn_scale`` learns it (as a
+log, from that value), so that content can outweigh recency.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 from torch import nn
@@ -26,7 +34,12 @@ class AttentionRetrieval(nn.Module):
         super().__init__()
         self.heads = cfg.attention_heads
         self.window = cfg.attention_window
-        self.scale = 1.0 / cfg.temperature
+        temperature = cfg.attention_temperature or cfg.temperature
+        self.scale = 1.0 / temperature
+        self.log_scale = (
+            nn.Parameter(torch.full((cfg.attention_heads,), -math.log(temperature)))
+            if cfg.attention_learn_scale else None
+        )
         self.query_proj = nn.Parameter(torch.eye(dim))
         self.key_proj = nn.Parameter(torch.eye(dim))
 
@@ -38,7 +51,8 @@ class AttentionRetrieval(nn.Module):
         # head h scores key k by (W_q q)_h . (W_k k)_h = k . (W_k[h rows]^T (W_q q)_h)
         probes = torch.einsum("hd,hde->he", per_head,
                               self.key_proj.view(self.heads, dim // self.heads, dim))  # [h, D]
-        logits = (memory.keys @ probes.T) * self.scale  # [capacity, h]
+        scale = self.scale if self.log_scale is None else self.log_scale.exp()
+        logits = (memory.keys @ probes.T) * scale  # [capacity, h]
         prior = memory.decay.clamp_min(1e-30).log() + memory.hidden(latest_origin)
         if self.window is not None and memory.writes > self.window:
             prior = prior.masked_fill(memory.written_at < memory.writes - self.window,

@@ -101,7 +101,12 @@ class CHRC(nn.Module):
 
         ``latest_origin`` restricts retrieval to entries of windows starting at or before it."""
         k = self.cfg.retrieval.top_k
-        if self.attention is None:
+        if self.cfg.retrieval.soft:  # B1's soft retrieval: weights over the whole shortlist
+            scores, candidates = self.memory.scores(query, latest_origin, self.similarity)
+            raw = self.aggregate(scores, self.memory.values[candidates])
+            sims, picked = scores.topk(k)
+            self.memory.count_access(candidates[picked])
+        elif self.attention is None:
             found = self.memory.search(query, k, latest_origin, self.similarity)
             raw, sims = self.aggregate(found.similarities, found.values), found.similarities
         else:

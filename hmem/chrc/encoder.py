@@ -23,13 +23,17 @@ class POGTEncoder(nn.Module):
         self.project = nn.Linear(hidden, out_dim)
         self.norm_out = nn.LayerNorm(out_dim)
 
+    def feature(self, pogt: torch.Tensor) -> torch.Tensor:
+        """``[..., P, C]`` -> the layer-normalised feature ``[..., D]``, before the unit norm."""
+        h = F.gelu(self.norm_rows(self.rows_in(pogt) + self.position))
+        h = F.gelu(self.rows_mid(h)).mean(dim=-2)
+        return self.norm_out(self.project(h))
+
     def forward(self, pogt: torch.Tensor, shift: torch.Tensor | None = None) -> torch.Tensor:
         """``[..., P, C]`` -> ``[..., D]`` with unit L2 norm.
 
         ``shift`` is added to the feature before normalising (A2's query enhancement)."""
-        h = F.gelu(self.norm_rows(self.rows_in(pogt) + self.position))
-        h = F.gelu(self.rows_mid(h)).mean(dim=-2)
-        feature = self.norm_out(self.project(h))
+        feature = self.feature(pogt)
         if shift is not None:
             feature = feature + shift
         return F.normalize(feature, dim=-1)

@@ -75,18 +75,46 @@ class ErrorMemory(nn.Module):
         """How many stored entries come from windows starting at or before ``latest_origin``."""
         return int(((self.origin <= latest_origin) & (self.empty == 0)).sum())
 
-    def similarities(self, query: torch.Tensor) -> torch.Tensor:
-        """Decayed cosine similarity of ``query [D]`` (unit norm) with every slot: ``[capacity]``.
-
-        Empty slots score ``-inf``."""
-        return torch.addcmul(self.empty, self.keys @ query, self.decay)
-
     def hidden(self, latest_origin: torch.Tensor | int | None = None) -> torch.Tensor:
         """``[capacity]``: 0 for an entry a retrieval may see, -inf for an empty slot and for an
         entry of a window that starts after ``latest_origin``."""
         if latest_origin is None:
             return self.empty
         return self.empty.masked_fill(self.origin > latest_origin, float("-inf"))
+
+    def scores(
+        self,
+        query: torch.Tensor,
+        latest_origin: torch.Tensor | int | None = None,
+        similarity: Similarity | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Decayed scores of the entries ``query`` may retrieve; reads only, counts nothing.
+
+        ``(scores, None)`` over every slot (hidden and empty ones score ``-inf``), or, for a
+        ``similarity`` with a ``shortlist``, ``(scores, candidates)`` over that many of the best
+        cosine candidates. ``similarity`` replaces the cosine score (B1); age decay multiplies
+        whichever score is used."""
+        hidden = self.hidden(latest_origin)
+        if similarity is None:
+            return torch.addcmul(hidden, self.keys @ query, self.decay), None
+        if similarity.shortlist is not None:
+            cosine = torch.addcmul(hidden, self.keys @ query, self.decay)
+            _, candidates = cosine.topk(min(similarity.shortlist, len(cosine)))
+            scores = similarity(query, self.keys[candidates])
+            return torch.addcmul(hidden[candidates], scores, self.decay[candidates]), candidates
+        return torch.addcmul(hidden, similarity(query, self.keys), self.decay), None
+
+    def rank(
+        self,
+        query: torch.Tensor,
+        k: int,
+        latest_origin: torch.Tensor | int | None = None,
+        similarity: Similarity | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(top-k scores, their slots)``, descending; reads only (diagnostics use it too)."""
+        scores, candidates = self.scores(query, latest_origin, similarity)
+        top, picked = scores.topk(k)
+        return top, picked if candidates is None else candidates[picked]
 
     def search(
         self,
@@ -97,28 +125,18 @@ class ErrorMemory(nn.Module):
     ) -> Retrieved:
         """Top-``k`` entries for ``query``; counts an access for each. Needs ``ready``.
 
-        ``latest_origin`` hides entries of windows that start after it. ``similarity`` replaces
-        the cosine score (B1); one with a ``shortlist`` re-scores only that many of the best
-        cosine candidates. Age decay multiplies whichever score is used."""
-        hidden = self.hidden(latest_origin)
-        if similarity is None:
-            top, slots = torch.addcmul(hidden, self.keys @ query, self.decay).topk(k)
-        elif similarity.shortlist is not None:
-            cosine = torch.addcmul(hidden, self.keys @ query, self.decay)
-            _, candidates = cosine.topk(min(similarity.shortlist, len(cosine)))
-            scores = similarity(query, self.keys[candidates])
-            top, picked = torch.addcmul(hidden[candidates], scores, self.decay[candidates]).topk(k)
-            slots = candidates[picked]
-        else:
-            scores = similarity(query, self.keys)
-            top, slots = torch.addcmul(hidden, scores, self.decay).topk(k)
-        self.access.index_add_(0, slots, torch.ones_like(top, requires_grad=False).detach())
+        ``latest_origin`` hides entries of windows that start after it (see :meth:`scores`)."""
+        top, slots = self.rank(query, k, latest_origin, similarity)
+        self.count_access(slots)
         return Retrieved(top, self.values[slots], slots)
 
+    def count_access(self, slots: torch.Tensor) -> None:
+        self.access.index_add_(0, slots, torch.ones(len(slots), device=slots.device))
+
     @torch.no_grad()
-    def write(self, key: torch.Tensor, value: torch.Tensor, origin: int = 0) -> None:
+    def write(self, key: torch.Tensor, value: torch.Tensor, origin: int = 0) -> int | torch.Tensor:
         """Store one ``(key [D], value [V])`` of the window starting at row ``origin``; when full,
-        evict the lowest-scoring entry."""
+        evict the lowest-scoring entry. Returns the slot written."""
         n = self.size
         self.decay[:n] *= self.cfg.age_decay
         if n < self.cfg.capacity:
@@ -135,6 +153,7 @@ class ErrorMemory(nn.Module):
         self.importance[slot] = value.abs().mean()
         self.origin[slot] = origin
         self.writes += 1
+        return slot
 
     def _eviction_slot(self) -> torch.Tensor:
         cfg = self.cfg

@@ -6,9 +6,11 @@
   zero (it starts as the cosine too). It scores only a cosine shortlist of ``shortlist`` entries,
   which bounds its cost per step whatever the memory's size.
 
-Top-k selection is not differentiable; the learned parts receive their gradient through the
-softmax weights of the entries that were retrieved (and through P2's maximum similarity), as the
-plan's soft-retrieval fallback describes.
+Top-k selection is not differentiable: with hard top-k the learned parts receive their gradient
+only through the softmax weights of the ``k`` entries that were retrieved (and P2's maximum
+similarity), so at online learning rates they barely move from the cosine. ``retrieval.soft``
+is the plan's fallback (5.6): the softmax weights cover the whole cosine shortlist, and every
+candidate passes its gradient to the learned score.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ class Similarity(nn.Module):
     def __init__(self, cfg: RetrievalConfig, dim: int) -> None:
         super().__init__()
         self.kind = cfg.similarity
-        self.shortlist = cfg.shortlist if cfg.similarity == "mlp" else None
+        self.shortlist = cfg.shortlist if cfg.similarity == "mlp" or cfg.soft else None
         if self.kind == "bilinear":
             self.weight = nn.Parameter(torch.eye(dim))
         elif self.kind == "mlp":

@@ -32,6 +32,7 @@ from torch import nn
 from hmem.chrc import CHRCBank, corrected_forecast
 from hmem.config import TrialConfig
 from hmem.online.flat import flatten_parameters
+from hmem.online.probe import MechanismProbe
 from hmem.online.stream import RevealedSeries
 from hmem.variants.snma import SNMALight
 
@@ -88,6 +89,7 @@ class OnlineLearner(nn.Module):
         self.backbone = backbone.eval().requires_grad_(self.trains_backbone).to(device)
         torch.manual_seed(cfg.seed)
         self.bank = CHRCBank(cfg.chrc, n_vars, horizon).to(device) if cfg.chrc.enabled else None
+        self.probe = MechanismProbe(cfg, self.bank, cfg.snma.enabled).to(device)
         if self.bank is not None and cfg.chrc.contrastive.enabled:
             if encoder is None:
                 raise ValueError("chrc.contrastive is on: pass the pretrained encoder "
@@ -146,7 +148,7 @@ class OnlineLearner(nn.Module):
         """Learn from the recent window at ``start`` (its target is revealed), then remember it."""
         target = series.target(start)
         base = self._base(series, start)
-        prediction, bucket, query, shift = base, None, None, None
+        prediction, bucket, query, shift, corrected = base, None, None, None, False
         if self.snma is not None:
             h = self.snma.features(series.pogt(start))
             shift = self.snma.query_shift(h)
@@ -161,18 +163,23 @@ class OnlineLearner(nn.Module):
                 prediction, query, _ = self._hot.update_correction(
                     module, series.pogt(start), base, limit, shift
                 )
+                corrected = True
             else:
                 with torch.no_grad():
                     query = module.encode(series.pogt(start), shift)
         losses = [F.mse_loss(prediction, target)] if prediction.requires_grad else []
         if self.snma is not None:
             losses.append(self.snma.loss(prediction, delta, target, self.snma.beta()))
-        if losses:
-            corrected = query is not None and query.requires_grad
+        if losses:  # the bucket steps whenever it corrected (B2's query has no gradient)
             self._step(sum(losses), bucket if corrected else None)
         if bucket is not None:
-            error = (target - base).detach().flatten()
-            self.bank[bucket].memory.write(query.detach(), error, start)
+            self._remember(series, start, bucket, query, target - base)
+
+    def _remember(self, series: RevealedSeries, start: int, bucket: int, query: torch.Tensor,
+                  error: torch.Tensor) -> None:
+        """The delayed write: window ``start``'s error ``target - base`` under its query."""
+        slot = self.bank[bucket].memory.write(query.detach(), error.detach().flatten(), start)
+        self.probe.on_write(bucket, slot, series.pogt(start))
 
     def _latest_visible(self, start: int, horizon: int) -> int | None:
         """Latest window whose memory entry the update on window ``start`` may retrieve.
@@ -202,22 +209,29 @@ class OnlineLearner(nn.Module):
     @torch.inference_mode()
     def predict(self, series: RevealedSeries, start: int) -> torch.Tensor:
         """Forecast ``[H, C]`` of the current window at ``start`` from its input alone."""
-        forecast = self._base(series, start)
+        base = forecast = self._base(series, start)
         shift = None
+        probe = self.probe.due()
         if self.snma is not None:
             h = self.snma.features(series.pogt(start))
             shift = self.snma.query_shift(h)
             delta, z = self.snma.residual(h, self.snma.state)
             beta = self.snma.beta()
         if self.bank is not None:
-            module = self.bank[series.bucket(start)]
+            bucket = series.bucket(start)
+            module = self.bank[bucket]
             if module.memory.ready:
                 forecast, gate = self._hot.forecast_correction(
                     module, series.pogt(start), forecast, shift
                 )
                 self.gate_sum += gate
                 self.corrected += 1
+                if probe:
+                    self.probe.observe_correction(module, bucket, series.pogt(start), shift)
         if self.snma is not None:
+            if probe:
+                correction = forecast - base if forecast is not base else None
+                self.probe.observe_residual(beta * delta, correction)
             forecast = forecast + beta * delta
             self.snma.remember(start, z)
         return forecast
@@ -228,6 +242,7 @@ class OnlineLearner(nn.Module):
             self.bank.clear_memories()
         if self.snma is not None:
             self.snma.reset()
+        self.probe.start_test()
         self.gate_sum.zero_()
         self.corrected = 0
 
@@ -237,7 +252,8 @@ class OnlineLearner(nn.Module):
         """Everything that decides the numbers to come: what trains, its optimiser state, the
         memories (buffers and counters) and the diagnostics. A frozen backbone is not saved."""
         modules = {"bank": self.bank.state_dict() if self.bank is not None else None,
-                   "snma": self.snma.state_dict() if self.snma is not None else None}
+                   "snma": self.snma.state_dict() if self.snma is not None else None,
+                   "probe": self.probe.state_dict()}
         if self.trains_backbone:
             modules["backbone"] = self.backbone.state_dict()
         return {
@@ -254,6 +270,7 @@ class OnlineLearner(nn.Module):
             self.snma.load_state_dict(state["snma"])
         if self.trains_backbone:
             self.backbone.load_state_dict(state["backbone"])
+        self.probe.load_state_dict(state["probe"])
         for part, saved in zip(self._parts(), state["optimisers"], strict=True):
             part.optimiser.load_state_dict(saved)
         self.gate_sum.copy_(state["gate_sum"])

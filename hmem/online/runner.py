@@ -37,7 +37,7 @@ from hmem.online.stream import RevealedSeries
 
 log = logging.getLogger(__name__)
 
-_STATE_FORMAT = 1
+_STATE_FORMAT = 2  # 2: the learner carries its mechanism probe
 
 
 @dataclass(frozen=True)
@@ -51,6 +51,7 @@ class Progress:
     seconds: float  # online seconds of the test stream so far
     memory_fill: float  # mean fraction of memory capacity in use (0 without CHRC)
     mean_gate: float | None  # mean applied CHRC gate over corrected forecasts so far
+    acted: dict[str, float] = field(default_factory=dict)  # hmem.online.probe's figures
 
     @property
     def ms_per_step(self) -> float:
@@ -268,7 +269,7 @@ class OnlineRun:
         gate = float(learner.gate_sum) / learner.corrected if learner.corrected else None
         return Progress(self.test_windows_done, len(self.streams["test"]),
                         self.scores["test"].scored, self.scores["test"].running_mse(),
-                        self.seconds["test"], fill, gate)
+                        self.seconds["test"], fill, gate, learner.probe.summary())
 
     def result(self) -> RunResult:
         if not self.done:
@@ -293,6 +294,7 @@ class OnlineRun:
             "corrected_fraction": learner.corrected / steps,
             "memory_entries": [m.memory.size for m in learner.bank] if learner.bank else [],
             "trainable_parameters": learner.trainable_parameters,
+            **learner.probe.summary(),
         }
         return RunResult(metrics, test.mse.cpu(), test.mae.cpu(),
                          None if self.forecasts is None else self.forecasts.cpu())
