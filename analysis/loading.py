@@ -38,7 +38,7 @@ STAGE_OF = {"baseline": "S0", "control": "S0", "A1": "S1", "A2": "S1", "B1": "S2
 
 IDENTITY = ["experiment", "stage", "direction", "variant", "dataset", "seed", "regime",
             "backbone_key", "backbone_online_lr", "status", "valid", "note"]
-METRICS = ["mse", "mae", "rmse", "steps", "ms_per_step", "wall_s"]
+METRICS = ["mse", "mae", "rmse", "steps", "ms_per_step", "wall_s", "warmup_mse"]
 
 
 class AnalysisError(HmemError):
@@ -160,12 +160,18 @@ def _row(where: dict[str, Any], cell: Cell, cfg: TrialConfig | None, metrics: di
         "steps": metrics.get("steps", math.nan),
         "ms_per_step": metrics.get("ms_per_step", math.nan),
         "wall_s": metrics.get("seconds_total", math.nan),
+        "warmup_mse": _number(metrics.get("warmup_mse")),
+        **{name: _number(value) for name, value in metrics.items() if name.startswith("acted/")},
         "trial_id": trial_id,
         "trial_path": trial_path,
     }
     if cfg is not None:
         row.update({f"cfg.{k}": v for k, v in flatten(cfg.model_dump()).items()})
     return row
+
+
+def _number(value: Any) -> float:
+    return math.nan if value is None else float(value)
 
 
 def load_trials(experiments: Iterable[str | os.PathLike]) -> pd.DataFrame:

@@ -25,12 +25,13 @@ from analysis import figures
 from analysis.loading import AnalysisError, load_trials
 from analysis.rules import Rules, variant_table, verdicts
 
-VERDICT_COLUMNS = ["direction", "dataset", "best_variant", "mse", "seeds", "gain",
-                   "reproduced", "reproductions", "ineffective", "gain_vs_baseline",
-                   "best_baseline", "dm_p", "noise_floor", "success", "verdict", "notes"]
-VARIANT_COLUMNS = ["direction", "variant", "dataset", "backbone_regime", "seed_mse", "mse",
-                   "seed_gains", "gain", "gain_vs_baseline", "dm_p", "noise_floor",
-                   "ms_per_step", "pair_note"]
+VERDICT_COLUMNS = ["direction", "dataset", "best_variant", "selected_on", "select_mse", "mse",
+                   "seeds", "gain", "reproduced", "reproductions", "ineffective", "acted",
+                   "acted_rule", "gain_vs_baseline", "best_baseline", "p_value", "noise_floor",
+                   "success", "verdict", "notes"]
+VARIANT_COLUMNS = ["direction", "variant", "dataset", "backbone_regime", "select_mse",
+                   "seed_mse", "mse", "seed_gains", "gain", "acted", "inert", "gain_vs_baseline",
+                   "p_value", "seed_p", "noise_floor", "ms_per_step", "pair_note"]
 PERCENT = ("gain", "gain_vs_baseline", "noise_floor")
 
 
@@ -75,9 +76,9 @@ def _cell(column: str, value):
         return ""
     if column in PERCENT:
         return f"{100 * value:+.2f}%"
-    if column == "mse":
+    if column in ("mse", "select_mse"):
         return f"{value:.4f}"
-    if column == "dm_p":
+    if column in ("p_value", "acted"):
         return f"{value:.3g}"
     if column == "ms_per_step":
         return f"{value:.2f}"
@@ -88,7 +89,7 @@ def display_table(frame: pd.DataFrame, columns: Sequence[str]) -> pd.DataFrame:
     """The columns a reader needs, gains and noise as percentages, MSE to 4 decimals."""
     shown = frame[[c for c in columns if c in frame]].copy()
     for column in shown.columns:
-        if column in (*PERCENT, "mse", "dm_p", "ms_per_step"):
+        if column in (*PERCENT, "mse", "select_mse", "p_value", "acted", "ms_per_step"):
             shown[column] = [_cell(column, v) for v in shown[column]]
     return shown.fillna("")
 
@@ -107,12 +108,22 @@ def _header(analysis: Analysis) -> tuple[str, list[str]]:
         f"Generated {dt.datetime.now().isoformat(timespec='seconds')} from "
         f"{len(analysis.trials)} trial(s) of {', '.join(analysis.experiments)}.",
         f"Rules: a gain counts from {100 * rules.min_gain:g}% (paired with the control of the "
-        f"same dataset, seed, backbone and backbone regime); {rules.ineffective_run} consecutive "
-        f"experiments below it make a direction ineffective; a best variant is reproduced when "
-        f"{rules.min_reproductions} seeds each beat the control by it; success: {thresholds}.",
-        "Beyond the plan: the gain over the best CHRC-free baseline on the same stream, a "
-        "Diebold-Mariano p-value against the control (HAC variance over H-1 lags), and the "
-        "control's seed-to-seed spread as the noise floor.",
+        f"same dataset, seed, backbone and backbone learning rate); {rules.ineffective_run} "
+        f"consecutive experiments below it make a direction ineffective; the best variant is "
+        f"chosen on validation MSE (warm-up, or where a dataset has none the first "
+        f"{100 * rules.selection_share:g}% of the test stream, whose figures then cover the rest "
+        f"only), on its first {rules.selection_seeds} seed(s); it is reproduced when "
+        f"{rules.min_reproductions} further seeds each beat the control by the gain threshold; "
+        f"success: reproduced with every reproduction seed below {thresholds}.",
+        "Inert: a direction whose mechanism did not measurably act ("
+        + "; ".join(f"{d}: {a.describe()}" for d, a in rules.acted.items())
+        + ") gets no verdict on its idea, never counts towards 'ineffective' and closes no gate.",
+        "Beyond the plan: the gain over the best CHRC-free baseline (chosen on validation) on the "
+        "same stream; the p-value of a batch-means t-test of equal per-window loss against the "
+        "control (8 contiguous blocks; each seed against the control of the same seed, combined "
+        "as an intersection-union test), whose size was checked by simulation on overlapping and "
+        "persistent loss differentials; and the control's seed-to-seed spread (3 seeds or more) "
+        "as the noise floor.",
     ]
     return "H-Mem 2.1 ablation report", lines
 

@@ -1,23 +1,36 @@
-"""The plan's rules (section 5 of the H-Mem 2.1 plan) as functions of the trials table.
+"""The plan's rules (section 5 of the H-Mem 2.1 plan) as functions of the trials table, read
+strictly.
 
-The thresholds live in one typed object, :class:`Rules`, with the plan's defaults:
+The thresholds live in one typed object, :class:`Rules`, with the plan's defaults.
+
+**Selection and scoring.** Anything chosen (the best variant of a direction, the best CHRC-free
+baseline) is chosen on validation data, never on the test stream: on the warm-up (validation)
+MSE where the dataset warms up, and otherwise (Weather) on the first ``selection_share`` of the
+test stream, in which case every test figure (MSE, gains, tests) is computed on the rest of the
+stream only. The report states which.
 
 - a run's **paired gain** is ``(mse_control - mse_variant) / mse_control`` against the control
-  run of the same dataset, seed, backbone key *and backbone regime* (a frozen-backbone variant
-  is paired with the frozen-backbone control, ``p2p7p8_frozen``; the others with ``p2p7p8``);
-- a direction is **ineffective** on a dataset when two consecutive experiments of it (in the
-  order the search spaces declare them) gain less than ``min_gain`` (0.5 %);
-- a best variant is **reproduced** when at least ``min_reproductions`` (2) runs with different
-  seeds each beat their control by ``min_gain``; otherwise it "needs reproduction";
-- **success** is a reproduced variant below the dataset's MSE threshold (ETTm1 0.700,
-  Weather 1.45);
-- the **gates** of plan 5.2: A2 only if A1 gained; S3 combines the best A with the best B.
+  run of the same dataset, seed, backbone key *and backbone online learning rate* (a
+  frozen-backbone variant is paired with the frozen-backbone control, ``p2p7p8_frozen``);
+- a variant is **inert** when its mechanism did not measurably act (the probe's figures, see
+  ``hmem/online/probe.py``, against :attr:`Rules.acted`): it says nothing about the idea, so it
+  never counts towards "ineffective" and never closes a gate;
+- a direction is **ineffective** on a dataset when two consecutive experiments of it that acted
+  (in the order the search spaces declare them) gain less than ``min_gain`` (0.5 %);
+- **reproduced**: the best variant is chosen on the validation MSE of its first
+  ``selection_seeds`` seed(s); at least ``min_reproductions`` (2) *further* seeds must have run,
+  and *each* must beat its control by ``min_gain``; a losing reproduction seed is named;
+- **success** holds per seed: a reproduced variant whose every reproduction seed is below the
+  dataset's MSE threshold (ETTm1 0.700, Weather 1.45);
+- the **gates** of plan 5.2: A2 only if A1 gained (an inert A1 closes nothing); S3 combines the
+  best A with the best B, each chosen on validation among the variants that gained.
 
-Beyond the plan, every verdict shows the gain over the **strongest simple baseline** (the best
-CHRC-free run on the same dataset and backbone, e.g. ``online_slow``), a Diebold-Mariano p-value
-against the control, and whether the gain is below the control's seed-to-seed **noise floor**.
-A missing control, a single seed, ties, NaN metrics and mixed backbone keys each produce a
-stated verdict, never a silent number.
+Beyond the plan, every verdict shows the gain over the **strongest simple baseline** (the
+CHRC-free run, e.g. one of the ``online_*`` learning rates, with the best validation MSE on the
+same dataset and backbone), the p-value of a dependence-robust test of equal loss against the
+control (per seed, combined; :mod:`analysis.significance`), and whether the gain is below the
+control's seed-to-seed **noise floor** (which needs 3 control seeds). A missing control, a single
+seed, ties, NaN metrics and mixed backbone keys each produce a stated verdict.
 """
 
 from __future__ import annotations
@@ -30,11 +43,48 @@ import numpy as np
 import pandas as pd
 
 from analysis.loading import AnalysisError, load_losses
-from analysis.significance import diebold_mariano, noise_floor
+from analysis.significance import (
+    MIN_NOISE_SEEDS,
+    combine_seeds,
+    loss_difference_test,
+    noise_floor,
+)
 
 #: Directions judged by the rules, in the plan's order.
 DIRECTIONS = ["control", "A1", "A2", "B1", "B2", "B3", "S3"]
 A_DIRECTIONS, B_DIRECTIONS = ("A1", "A2"), ("B1", "B2", "B3")
+
+
+@dataclass(frozen=True)
+class Acted:
+    """A direction acted when its probe ``figure`` is at least ``at_least`` (or, for figures
+    where a high value means "did nothing new", at most ``at_most``)."""
+
+    figure: str
+    at_least: float | None = None
+    at_most: float | None = None
+
+    def describe(self) -> str:
+        bound = f">= {self.at_least:g}" if self.at_least is not None else f"<= {self.at_most:g}"
+        return f"{self.figure.removeprefix('acted/')} {bound}"
+
+    def holds(self, value: float) -> bool | None:
+        if math.isnan(value):
+            return None
+        if self.at_least is not None and value < self.at_least:
+            return False
+        return not (self.at_most is not None and value > self.at_most)
+
+
+def _default_acted() -> dict[str, Acted]:
+    return {
+        "A1": Acted("acted/a1_residual_ratio", at_least=0.05),
+        "A2": Acted("acted/a2_neighbours_changed", at_least=0.05),
+        "B1": Acted("acted/b1_neighbours_changed", at_least=0.05),
+        "B2": Acted("acted/b2_neighbours_changed", at_least=0.05),
+        # attention that ranks entries by age alone is a recency-weighted mean, not retrieval
+        "B3": Acted("acted/b3_recency_corr", at_most=0.95),
+    }
 
 
 @dataclass(frozen=True)
@@ -43,10 +93,13 @@ class Rules:
 
     min_gain: float = 0.005  # a gain below 0.5 % does not count
     ineffective_run: int = 2  # that many consecutive experiments below min_gain: ineffective
-    min_reproductions: int = 2  # seeds that must each beat the control by min_gain
+    min_reproductions: int = 2  # further seeds that must each beat the control by min_gain
+    selection_seeds: int = 1  # a variant's first seeds, on which the best is chosen
+    selection_share: float = 0.2  # no warm-up: select on this share of the test stream
     success_mse: dict[str, float] = field(
         default_factory=lambda: {"ETTm1": 0.700, "Weather": 1.45})
-    significance: float = 0.05  # DM p-value below which a difference counts as significant
+    significance: float = 0.05  # p-value below which a difference counts as significant
+    acted: dict[str, Acted] = field(default_factory=_default_acted)
 
 
 def backbone_regime(regime: str | None) -> str | None:
@@ -54,21 +107,78 @@ def backbone_regime(regime: str | None) -> str | None:
     return regime.split(" ")[0] if isinstance(regime, str) else None
 
 
+CurveLoader = Callable[[str, str], "np.ndarray | None"]
+
+
+# ----------------------------------------------------------------------------- scoring
+
+
+def selection_cut(n: int, rules: Rules) -> int:
+    """Windows of a test stream that selection may see when the dataset has no warm-up."""
+    return max(1, math.ceil(rules.selection_share * n))
+
+
+def score_trials(trials: pd.DataFrame, rules: Rules = Rules(),
+                 curves: CurveLoader | None = load_losses) -> pd.DataFrame:
+    """Valid trials with ``select_mse`` (what choices use), ``mse`` (what verdicts report) and
+    ``selected_on`` (``warm-up`` or ``first 20% of test``); ``test_mse`` keeps the whole stream's.
+
+    A dataset warms up when its runs were configured with ``online.warmup``; the others select
+    on the first ``selection_share`` of the test stream and report on the rest.
+    """
+    valid = trials[trials["valid"]].copy()
+    valid["test_mse"] = valid["mse"]
+    valid["backbone_regime"] = valid["regime"].map(backbone_regime)
+    warm = valid.get("cfg.online.warmup", pd.Series(True, index=valid.index)).fillna(True)
+    select, report, how = [], [], []
+    for row, warms in zip(valid.itertuples(), warm.astype(bool)):
+        if warms:
+            select.append(row.warmup_mse if "warmup_mse" in valid else math.nan)
+            report.append(row.mse)
+            how.append("warm-up")
+            continue
+        curve = curves(row.trial_path, row.experiment_path) if curves else None
+        how.append(f"first {100 * rules.selection_share:g}% of test")
+        if curve is None or len(curve) < 2:
+            select.append(math.nan)
+            report.append(row.mse)
+            continue
+        cut = selection_cut(len(curve), rules)
+        select.append(float(curve[:cut].mean()))
+        report.append(float(curve[cut:].mean()))
+    valid["select_mse"], valid["mse"], valid["selected_on"] = select, report, how
+    return valid
+
+
+def _scored_losses(row, rules: Rules, curves: CurveLoader) -> np.ndarray | None:
+    """The per-window losses a verdict tests: the whole test stream, or the part after the
+    selection cut when the dataset selects on the stream."""
+    curve = curves(row.trial_path, row.experiment_path)
+    if curve is None:
+        return None
+    return curve if row.selected_on == "warm-up" else curve[selection_cut(len(curve), rules):]
+
+
 # ----------------------------------------------------------------------------- pairing
 
 
-def paired_gains(trials: pd.DataFrame) -> pd.DataFrame:
-    """Valid non-baseline runs with ``control_mse``, ``gain`` and ``pair_note``.
+PAIR_KEY = ["dataset", "seed", "backbone_key", "backbone_online_lr"]
+
+
+def paired_gains(scored: pd.DataFrame) -> pd.DataFrame:
+    """Non-baseline runs of :func:`score_trials` with ``control_mse``, ``gain``, ``pair_note``.
 
     Controls pair with themselves (gain 0). A run without its control keeps NaN and says why.
     """
-    valid = trials[trials["valid"]].copy()
-    valid["backbone_regime"] = valid["regime"].map(backbone_regime)
-    controls = valid[valid["direction"] == "control"]
-    key = ["dataset", "seed", "backbone_key", "backbone_regime"]
-    control_mse = controls.groupby(key, dropna=False)["mse"].mean().rename("control_mse")
-    runs = valid[valid["direction"] != "baseline"].join(control_mse, on=key)
+    controls = scored[scored["direction"] == "control"]
+    control_mse = controls.groupby(PAIR_KEY, dropna=False)["mse"].mean().rename("control_mse")
+    control_sel = (controls.groupby(PAIR_KEY, dropna=False)["select_mse"].mean()
+                   .rename("control_select_mse"))
+    runs = scored[scored["direction"] != "baseline"].join(control_mse, on=PAIR_KEY)
+    runs = runs.join(control_sel, on=PAIR_KEY)
     runs["gain"] = (runs["control_mse"] - runs["mse"]) / runs["control_mse"]
+    runs["select_gain"] = ((runs["control_select_mse"] - runs["select_mse"])
+                           / runs["control_select_mse"])
     runs["pair_note"] = [
         "" if not math.isnan(row.control_mse) else _why_unpaired(row, controls)
         for row in runs.itertuples()
@@ -78,7 +188,7 @@ def paired_gains(trials: pd.DataFrame) -> pd.DataFrame:
 
 def _why_unpaired(row, controls: pd.DataFrame) -> str:
     same = controls[(controls["dataset"] == row.dataset)
-                    & (controls["backbone_regime"] == row.backbone_regime)]
+                    & (controls["backbone_online_lr"] == row.backbone_online_lr)]
     if same.empty:
         return f"no control run on {row.dataset} with {row.backbone_regime}"
     seeded = same[same["seed"] == row.seed]
@@ -92,14 +202,18 @@ def _why_unpaired(row, controls: pd.DataFrame) -> str:
 # ----------------------------------------------------------------------------- single rules
 
 
-def ineffective(gains: list[tuple[str, float]], rules: Rules = Rules()) -> tuple[str, ...] | None:
+def ineffective(gains: list[tuple[str, float]], rules: Rules = Rules(),
+                inert: frozenset[str] = frozenset()) -> tuple[str, ...] | None:
     """The first ``rules.ineffective_run`` consecutive experiments gaining < min_gain, or None.
 
-    ``gains`` is (experiment name, mean gain) in declared order; an experiment without a gain
-    (NaN: no control) breaks a run rather than extending it.
+    ``gains`` is (experiment name, mean gain) in declared order. An experiment without a gain
+    (NaN: no control) breaks a run; an ``inert`` one is skipped: it neither extends nor breaks a
+    run, since its mechanism never acted.
     """
     run: list[str] = []
     for name, gain in gains:
+        if name in inert:
+            continue
         if not math.isnan(gain) and gain < rules.min_gain:
             run.append(name)
             if len(run) >= rules.ineffective_run:
@@ -109,57 +223,88 @@ def ineffective(gains: list[tuple[str, float]], rules: Rules = Rules()) -> tuple
     return None
 
 
-def reproductions(seed_gains: pd.Series, rules: Rules = Rules()) -> int:
-    """How many distinct seeds beat their control by at least ``min_gain``."""
-    beating = seed_gains[seed_gains >= rules.min_gain]
-    return int(beating.index.nunique())
+@dataclass(frozen=True)
+class Reproduction:
+    seeds: tuple[int, ...]  # reproduction seeds run (after the selection seeds)
+    beating: tuple[int, ...]  # those that beat the control by min_gain
+    below_threshold: tuple[int, ...]  # those below the dataset's success MSE
+    reproduced: bool
+    note: str
 
 
-def success(dataset: str, mse: float, reproduced: bool, rules: Rules = Rules()) -> bool | None:
-    """True / False against the dataset's threshold; None when the dataset has none."""
+def reproduction(runs: pd.DataFrame, dataset: str, rules: Rules = Rules()) -> Reproduction:
+    """Plan 5.5 "the best must reproduce at least 2 times", read strictly (module docstring).
+
+    ``runs`` are one variant's paired runs on one dataset (``seed``, ``gain``, ``mse``)."""
+    runs = runs.sort_values("seed")
+    further = runs.iloc[rules.selection_seeds:]
+    further = further[further["gain"].notna()]
+    seeds = tuple(int(s) for s in further["seed"])
+    beating = tuple(int(r.seed) for r in further.itertuples() if r.gain >= rules.min_gain)
     threshold = rules.success_mse.get(dataset)
-    if threshold is None or math.isnan(mse):
+    below = tuple(int(r.seed) for r in further.itertuples()
+                  if threshold is not None and r.mse < threshold)
+    losing = [f"seed {int(r.seed)} {100 * r.gain:+.2f}%" for r in further.itertuples()
+              if r.gain < rules.min_gain]
+    reproduced = len(seeds) >= rules.min_reproductions and len(beating) == len(seeds)
+    if losing:
+        note = "reproduction lost: " + ", ".join(losing)
+    elif len(seeds) < rules.min_reproductions:
+        note = (f"{len(seeds)} of {rules.min_reproductions} reproduction seeds run "
+                f"(seeds after the first {rules.selection_seeds})")
+    else:
+        note = ""
+    return Reproduction(seeds, beating, below, reproduced, note)
+
+
+def success(dataset: str, repro: Reproduction, rules: Rules = Rules()) -> bool | None:
+    """True when reproduced and every reproduction seed is below the dataset's threshold; None
+    when the dataset has no threshold."""
+    if rules.success_mse.get(dataset) is None:
         return None
-    return bool(reproduced and mse < threshold)
+    return bool(repro.reproduced and set(repro.below_threshold) == set(repro.seeds))
 
 
 # ----------------------------------------------------------------------------- per variant
 
 
-CurveLoader = Callable[[str, str], "np.ndarray | None"]
-
-
 def variant_table(trials: pd.DataFrame, rules: Rules = Rules(),
                   curves: CurveLoader | None = load_losses) -> pd.DataFrame:
-    """One row per (direction, variant, dataset): MSE over seeds, gains, baseline, DM, noise.
+    """One row per (direction, variant, dataset): MSE over seeds, gains, acted, baseline, test.
 
-    ``curves`` loads a trial's per-window losses for the Diebold-Mariano test; None skips it.
+    ``curves`` loads a trial's per-window losses (significance, and selection where a dataset has
+    no warm-up); None skips both.
     """
     # The same cell run in several experiments (a rerun, a copied control): the latest counts.
     cell = ["variant", "dataset", "seed", "backbone_key"]
     trials = trials.sort_values("experiment_index", kind="stable")
     repeated = trials[trials["valid"]].duplicated(cell, keep="last")
     trials = trials.drop(index=repeated[repeated].index)
-    runs = paired_gains(trials)
-    valid = trials[trials["valid"]].copy()
-    valid["backbone_regime"] = valid["regime"].map(backbone_regime)
-    baselines = valid[valid["direction"] == "baseline"]
+    scored = score_trials(trials, rules, curves)
+    runs = paired_gains(scored)
+    baselines = scored[scored["direction"] == "baseline"]
     rows = []
     for (direction, variant, dataset), group in runs.groupby(
             ["direction", "variant", "dataset"], sort=False):
         group = group.sort_values("seed")
         seed_gains = group.set_index("seed")["gain"]
-        mean_mse = float(group["mse"].mean())
         keys = sorted(group["backbone_key"].astype(str).unique())
-        regime = group["backbone_regime"].iloc[0]
-        controls = valid[(valid["direction"] == "control") & (valid["dataset"] == dataset)
-                         & (valid["backbone_regime"] == regime)
-                         & valid["backbone_key"].isin(group["backbone_key"])]
+        controls = scored[(scored["direction"] == "control") & (scored["dataset"] == dataset)
+                          & (scored["backbone_online_lr"] == group["backbone_online_lr"].iloc[0])
+                          & scored["backbone_key"].isin(group["backbone_key"])]
+        control_seeds = controls.drop_duplicates("seed")
         best_base = _best_baseline(baselines, dataset, group["backbone_key"])
+        mean_mse = float(group["mse"].mean())
+        selection = group.iloc[: rules.selection_seeds]
+        repro = reproduction(group, dataset, rules)
         row = {
             "direction": direction, "variant": variant, "dataset": dataset,
             "order": (int(group["experiment_index"].min()), int(group["variant_order"].min())),
-            "backbone_regime": regime, "backbone_keys": ",".join(keys),
+            "backbone_regime": group["backbone_regime"].iloc[0],
+            "backbone_keys": ",".join(keys),
+            "selected_on": group["selected_on"].iloc[0],
+            "select_mse": float(selection["select_mse"].mean()),
+            "select_gain": float(selection["select_gain"].mean()),
             "seeds": len(group), "seed_list": ",".join(map(str, group["seed"])),
             "seed_mse": ",".join(f"{m:.4f}" for m in group["mse"]),
             "mse": mean_mse, "mse_std": float(group["mse"].std(ddof=1)) if len(group) > 1
@@ -167,21 +312,25 @@ def variant_table(trials: pd.DataFrame, rules: Rules = Rules(),
             "gain": float(seed_gains.mean()) if seed_gains.notna().any() else math.nan,
             "seed_gains": ",".join("nan" if math.isnan(g) else f"{100 * g:+.2f}%"
                                    for g in seed_gains),
-            "reproductions": reproductions(seed_gains.dropna(), rules),
+            "reproductions": f"{len(repro.beating)}/{len(repro.seeds)}",
+            "reproduced": repro.reproduced, "reproduction_note": repro.note,
+            "success": success(dataset, repro, rules),
             "pair_note": "; ".join(sorted({n for n in group["pair_note"] if n})),
             "best_baseline": best_base[0], "baseline_mse": best_base[1],
             "gain_vs_baseline": (best_base[1] - mean_mse) / best_base[1]
             if not math.isnan(best_base[1]) else math.nan,
-            "noise_floor": noise_floor(controls.drop_duplicates("seed")["mse"]),
+            "control_seeds": len(control_seeds),
+            "noise_floor": noise_floor(control_seeds["mse"]),
             "ms_per_step": float(group["ms_per_step"].mean()),
         }
-        row["reproduced"] = row["reproductions"] >= rules.min_reproductions
+        row.update(_acted(direction, group, rules))
         # a difference either way that the control's own seed spread could explain
         row["below_noise"] = (bool(abs(row["gain"]) < row["noise_floor"])
                               if not (math.isnan(row["gain"]) or math.isnan(row["noise_floor"]))
                               else None)
-        row.update(_dm(group, controls, curves, trials) if direction != "control" and curves
-                   else {"dm_statistic": math.nan, "dm_p": math.nan, "dm_note": ""})
+        row.update(_significance(group, controls, curves, rules)
+                   if direction != "control" and curves
+                   else {"p_value": math.nan, "seed_p": "", "p_note": ""})
         rows.append(row)
     table = pd.DataFrame(rows)
     if table.empty:
@@ -190,87 +339,114 @@ def variant_table(trials: pd.DataFrame, rules: Rules = Rules(),
     return table.sort_values("order", kind="stable").reset_index(drop=True)
 
 
+def _acted(direction: str, group: pd.DataFrame, rules: Rules) -> dict:
+    """``acted`` (the probe figure of the direction, mean over seeds) and ``inert``."""
+    rule = rules.acted.get(direction)
+    if rule is None:
+        return {"acted": math.nan, "acted_rule": "", "inert": False}
+    value = float(group[rule.figure].mean()) if rule.figure in group else math.nan
+    holds = rule.holds(value)
+    return {"acted": value, "acted_rule": rule.describe(), "inert": holds is False}
+
+
 def _best_baseline(baselines: pd.DataFrame, dataset: str, keys: pd.Series) -> tuple[str, float]:
+    """The CHRC-free variant with the lowest validation (selection) MSE, and its reported MSE."""
     same = baselines[(baselines["dataset"] == dataset) & baselines["backbone_key"].isin(keys)]
-    if same.empty:
+    means = same.groupby("variant", sort=False)[["select_mse", "mse"]].mean()
+    means = means[means["select_mse"].notna()]
+    if means.empty:
         return "", math.nan
-    means = same.groupby("variant", sort=False)["mse"].mean()
-    return str(means.idxmin()), float(means.min())
+    best = means["select_mse"].idxmin()
+    return str(best), float(means.loc[best, "mse"])
 
 
-def _dm(group: pd.DataFrame, controls: pd.DataFrame, curves: CurveLoader,
-        trials: pd.DataFrame) -> dict:
-    """DM of the seed-averaged per-window loss of a variant against its control's."""
-    seeds = sorted(set(group["seed"]) & set(controls["seed"]))
-    if not seeds:
-        return {"dm_statistic": math.nan, "dm_p": math.nan, "dm_note": "no paired control"}
-
-    def mean_curve(rows: pd.DataFrame) -> np.ndarray | None:
-        losses = []
-        for row in rows.drop_duplicates("seed").itertuples():
-            curve = curves(row.trial_path, row.experiment_path)
-            if curve is None:
-                return None
-            losses.append(curve)
-        lengths = {len(loss) for loss in losses}
-        return np.mean(losses, axis=0) if len(lengths) == 1 else None
-
-    variant = mean_curve(group[group["seed"].isin(seeds)])
-    control = mean_curve(controls[controls["seed"].isin(seeds)])
-    if variant is None or control is None or len(variant) != len(control):
-        return {"dm_statistic": math.nan, "dm_p": math.nan,
-                "dm_note": "per-window losses missing or of different lengths"}
+def _significance(group: pd.DataFrame, controls: pd.DataFrame, curves: CurveLoader,
+                  rules: Rules) -> dict:
+    """Per-seed tests of the variant against the control of the same seed, combined."""
+    by_seed = {row.seed: row for row in controls.drop_duplicates("seed").itertuples()}
     horizon = int(group["cfg.data.horizon"].iloc[0]) if "cfg.data.horizon" in group else 1
-    try:
-        result = diebold_mariano(variant, control, horizon)
-    except ValueError as err:
-        return {"dm_statistic": math.nan, "dm_p": math.nan, "dm_note": str(err)}
-    return {"dm_statistic": result.statistic, "dm_p": result.p_value, "dm_note": ""}
+    tests, notes = [], []
+    for row in group.drop_duplicates("seed").itertuples():
+        if row.seed not in by_seed:
+            continue
+        mine = _scored_losses(row, rules, curves)
+        theirs = _scored_losses(by_seed[row.seed], rules, curves)
+        if mine is None or theirs is None or len(mine) != len(theirs):
+            notes.append(f"seed {row.seed}: per-window losses missing or of different lengths")
+            continue
+        try:
+            tests.append(loss_difference_test(mine, theirs, horizon))
+        except ValueError as err:
+            notes.append(f"seed {row.seed}: {err}")
+    if not tests:
+        return {"p_value": math.nan, "seed_p": "",
+                "p_note": "; ".join(notes) or "no paired control"}
+    combined = combine_seeds(tests)
+    return {"p_value": combined.p_value,
+            "seed_p": ",".join(f"{p:.2g}" for p in combined.seed_p_values),
+            "p_note": "; ".join(notes) + ("" if combined.agree else
+                                          "seeds disagree on the sign")}
 
 
 # ----------------------------------------------------------------------------- verdicts
 
 
 def verdicts(variants: pd.DataFrame, rules: Rules = Rules()) -> pd.DataFrame:
-    """One verdict per (direction, dataset), from :func:`variant_table`'s rows."""
+    """One verdict per (direction, dataset), from :func:`variant_table`'s rows.
+
+    The best variant is the one with the lowest validation (selection) MSE, never the lowest
+    test MSE."""
     rows = []
     for (direction, dataset), group in variants.groupby(["direction", "dataset"], sort=False):
         group = group.sort_values("order", kind="stable")
         judged = group[group["gain"].notna()]
-        pair = (ineffective(list(zip(group["variant"], group["gain"])), rules)
+        inert = frozenset(group.loc[group["inert"], "variant"])
+        pair = (ineffective(list(zip(group["variant"], group["gain"])), rules, inert)
                 if direction != "control" else None)  # the control gains 0 by definition
         row = {"direction": direction, "dataset": dataset, "experiments": len(group),
                "ineffective": pair is not None,
-               "ineffective_pair": " -> ".join(pair) if pair else ""}
+               "ineffective_pair": " -> ".join(pair) if pair else "",
+               "inert_variants": ",".join(sorted(inert))}
         if judged.empty:
             notes = "; ".join(sorted({n for n in group["pair_note"] if n}))
             rows.append({**row, "best_variant": "", "mse": math.nan, "gain": math.nan,
-                         "verdict": f"no verdict: {notes or 'no paired run'}"})
+                         "inert": False, "verdict": f"no verdict: {notes or 'no paired run'}"})
             continue
-        best_mse = judged["mse"].min()
-        ties = judged[judged["mse"] == best_mse]
-        best = ties.iloc[0]
         notes = []
-        if len(ties) > 1:
-            notes.append(f"tie with {', '.join(ties['variant'].iloc[1:])}")
+        selectable = judged[judged["select_mse"].notna()]
+        if selectable.empty:
+            selectable = judged
+            notes.append("no validation MSE: best chosen by declared order")
+            best = selectable.iloc[0]
+        else:
+            best_sel = selectable["select_mse"].min()
+            ties = selectable[selectable["select_mse"] == best_sel]
+            best = ties.iloc[0]
+            if len(ties) > 1:
+                notes.append(f"tie on validation with {', '.join(ties['variant'].iloc[1:])}")
         if len(judged) < len(group):
             notes.append("unpaired: " + ", ".join(group.loc[group["gain"].isna(), "variant"]))
-        reproduced = bool(best["reproduced"])
-        won = success(dataset, float(best["mse"]), reproduced, rules)
+        if best["reproduction_note"]:
+            notes.append(best["reproduction_note"])
+        if 0 < best["control_seeds"] < MIN_NOISE_SEEDS:
+            notes.append(f"noise floor unknown: {int(best['control_seeds'])} control seed(s), "
+                         f"it needs {MIN_NOISE_SEEDS}")
         row.update({
-            "best_variant": best["variant"], "mse": float(best["mse"]),
+            "best_variant": best["variant"], "selected_on": best["selected_on"],
+            "select_mse": float(best["select_mse"]), "mse": float(best["mse"]),
             "seeds": int(best["seeds"]), "seed_mse": best["seed_mse"],
             "gain": float(best["gain"]), "seed_gains": best["seed_gains"],
-            "reproduced": reproduced,
-            "reproductions": f"{int(best['reproductions'])}/{int(best['seeds'])}",
+            "reproduced": bool(best["reproduced"]), "reproductions": best["reproductions"],
             "best_baseline": best["best_baseline"],
             "gain_vs_baseline": float(best["gain_vs_baseline"]),
             "noise_floor": float(best["noise_floor"]), "below_noise": best["below_noise"],
-            "dm_p": float(best["dm_p"]), "success": won,
+            "p_value": float(best["p_value"]), "success": best["success"],
+            "acted": float(best["acted"]), "acted_rule": best["acted_rule"],
+            "inert": bool(group["inert"].all()),
         })
         if direction == "control":  # judged against baselines only
             row.update({"reproduced": None, "reproductions": "", "success": None})
-        row["verdict"] = _verdict_text(row, best, rules, direction)
+        row["verdict"] = _verdict_text(row, rules, direction)
         row["notes"] = "; ".join(notes)
         rows.append(row)
     table = pd.DataFrame(rows)
@@ -280,36 +456,39 @@ def verdicts(variants: pd.DataFrame, rules: Rules = Rules()) -> pd.DataFrame:
         drop=True)
 
 
-def _verdict_text(row: dict, best: pd.Series, rules: Rules, direction: str) -> str:
+def _verdict_text(row: dict, rules: Rules, direction: str) -> str:
     pct = rules.min_gain * 100
     if direction == "control":
         base = row["gain_vs_baseline"]
         if math.isnan(base):
             return "control (no CHRC-free baseline to compare with)"
         return (f"control: {100 * base:+.2f}% vs the best CHRC-free baseline "
-                f"({row['best_baseline']})")
+                f"({row['best_baseline']}, chosen on validation)")
     parts = []
-    if row["ineffective"]:
+    if row["inert"]:
+        parts.append(f"inert: its mechanism did not act ({row['acted_rule']} not met, got "
+                     f"{row['acted']:.3g}); no verdict on the idea")
+    elif row["ineffective"]:
         parts.append(f"ineffective ({row['ineffective_pair']} each gain < {pct:g}%)")
     if row["success"]:
-        parts.append(f"success: reproduced, MSE {row['mse']:.4f} < "
+        parts.append(f"success: reproduced on seeds each below "
                      f"{rules.success_mse[row['dataset']]:g}")
     elif row["reproduced"]:
         parts.append(f"reproduced gain {100 * row['gain']:+.2f}%")
     elif row["gain"] >= rules.min_gain:
-        parts.append(f"needs reproduction ({row['reproductions']} seeds beat the control by "
-                     f">= {pct:g}%)")
-    elif row["gain"] < 0 and row["dm_p"] < rules.significance:
+        parts.append(f"needs reproduction ({row['reproductions']} reproduction seeds beat the "
+                     f"control by >= {pct:g}%)")
+    elif row["gain"] < 0 and row["p_value"] < rules.significance:
         parts.append(f"worse than the control ({100 * row['gain']:+.2f}%, "
-                     f"DM p = {row['dm_p']:.2g})")
-    else:
+                     f"p = {row['p_value']:.2g})")
+    elif not row["inert"]:
         parts.append(f"no gain ({100 * row['gain']:+.2f}%)")
     if row["below_noise"]:
         parts.append("within the control's seed noise")
     if not math.isnan(row["gain_vs_baseline"]) and row["gain_vs_baseline"] < rules.min_gain:
         parts.append(f"not better than {row['best_baseline']} by {pct:g}%")
-    if not math.isnan(row["dm_p"]) and row["dm_p"] >= rules.significance:
-        parts.append(f"DM p = {row['dm_p']:.2f}")
+    if not math.isnan(row["p_value"]) and row["p_value"] >= rules.significance:
+        parts.append(f"p = {row['p_value']:.2f}")
     return "; ".join(parts)
 
 
@@ -324,12 +503,16 @@ class Gate:
 
 
 def a2_gate(verdict_table: pd.DataFrame, dataset: str, rules: Rules = Rules()) -> Gate:
-    """Plan 5.2: A2 is worth running only if A1 showed a gain on this dataset."""
+    """Plan 5.2: A2 is worth running only if A1 showed a gain on this dataset. An inert A1 is
+    no evidence either way, so it leaves the gate open."""
     a1 = verdict_table[(verdict_table["direction"] == "A1")
                        & (verdict_table["dataset"] == dataset)]
     if a1.empty or math.isnan(a1["gain"].iloc[0]):
         return Gate(False, f"A1 has no judged run on {dataset}")
     row = a1.iloc[0]
+    if row["inert"]:
+        return Gate(True, f"A1 was inert on {dataset} ({row['acted_rule']} not met): an inert "
+                          f"direction closes no gate")
     if row["ineffective"]:
         return Gate(False, f"A1 is ineffective on {dataset} ({row['ineffective_pair']})")
     if row["gain"] < rules.min_gain:
@@ -340,7 +523,8 @@ def a2_gate(verdict_table: pd.DataFrame, dataset: str, rules: Rules = Rules()) -
 
 
 def s3_pair(variant_rows: pd.DataFrame, dataset: str, rules: Rules = Rules()) -> Gate:
-    """Plan 5.2 / S3: the best A variant and the best B variant, each with a gain."""
+    """Plan 5.2 / S3: the best A variant and the best B variant (each chosen on validation
+    MSE among the variants that gained)."""
     chosen, missing = [], []
     for family, directions in (("A", A_DIRECTIONS), ("B", B_DIRECTIONS)):
         rows = variant_rows[variant_rows["direction"].isin(directions)
@@ -349,7 +533,7 @@ def s3_pair(variant_rows: pd.DataFrame, dataset: str, rules: Rules = Rules()) ->
         if rows.empty:
             missing.append(family)
         else:
-            chosen.append(rows.sort_values(["gain", "order"], ascending=[False, True])
+            chosen.append(rows.sort_values(["select_mse", "order"], na_position="last")
                           .iloc[0]["variant"])
     if missing:
         return Gate(False, f"no {' or '.join(missing)} variant gained >= "
