@@ -392,12 +392,16 @@ def _significance(group: pd.DataFrame, controls: pd.DataFrame, curves: CurveLoad
 
 
 def verdicts(variants: pd.DataFrame, rules: Rules = Rules()) -> pd.DataFrame:
-    """One verdict per (direction, dataset), from :func:`variant_table`'s rows.
+    """One verdict per (direction, dataset), and one per control, from :func:`variant_table`.
 
     The best variant is the one with the lowest validation (selection) MSE, never the lowest
     test MSE."""
     rows = []
-    for (direction, dataset), group in variants.groupby(["direction", "dataset"], sort=False):
+    # each control (one per backbone regime, e.g. p2p7p8 and p2p7p8_frozen) is its own row:
+    # they are the references of different regimes, not alternatives to choose between
+    judged_as = variants["variant"].where(variants["direction"] == "control", "")
+    for (direction, dataset, _), group in variants.groupby(
+            [variants["direction"], variants["dataset"], judged_as], sort=False):
         group = group.sort_values("order", kind="stable")
         judged = group[group["gain"].notna()]
         inert = frozenset(group.loc[group["inert"], "variant"])

@@ -346,3 +346,15 @@ def test_a_cell_run_in_two_experiments_counts_once_the_latest_run():
     rows = variants.set_index("variant")
     assert rows.loc["p2p7p8", "seeds"] == 2 and rows.loc["p2p7p8", "seed_mse"] == "1.0000,1.2000"
     assert rows.loc["a1", "seeds"] == 1 and rows.loc["a1", "mse"] == 0.8
+
+
+def test_each_regimes_control_has_its_own_row_and_is_never_chosen_between():
+    trials = table(control(0, 0.70, val=0.34),
+                   trial("p2p7p8_frozen", "control", 0, 0.82, regime=FROZEN, val=0.33),
+                   trial("online_slow", "baseline", 0, 0.71, val=0.335),
+                   trial("b3_frozen", "B3", 0, 0.80, regime=FROZEN))
+    controls = judge(trials)[1].query("direction == 'control'").set_index("best_variant")
+    # the frozen control's lower validation MSE does not make it "the" control
+    assert sorted(controls.index) == ["p2p7p8", "p2p7p8_frozen"]
+    assert controls.loc["p2p7p8", "mse"] == pytest.approx(0.70)
+    assert "online_slow" in controls.loc["p2p7p8", "verdict"]
