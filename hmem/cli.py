@@ -4,6 +4,7 @@
              [--data-dir DIR] [--out DIR] [--cache-dir DIR] [--save-forecasts]
     hmem pretrain SPACE.yaml --dataset NAME [--seed N] [--variant NAME] [--data-dir DIR]
     hmem pretrain-encoder SPACE.yaml --dataset NAME [--variant NAME]
+    hmem data fetch ETTm1 Weather [--to DIR] [--mirror URL]
     hmem tune launch|submit|token ...     (Ray Tune searches; see tune/)
     hmem report EXP_DIR [EXP_DIR ...] --out FILE.html|FILE.md
     hmem campaign SPACE.yaml [--address ADDR] [--storage DIR] [--resume]
@@ -74,6 +75,19 @@ def build_parser() -> argparse.ArgumentParser:
     encoder.add_argument("--seed", type=int, default=None,
                          help="contrastive seed (default: chrc.contrastive.seed)")
     encoder.set_defaults(handler=_cmd_pretrain_encoder)
+
+    data = commands.add_parser("data", help="the public benchmark files")
+    data_commands = data.add_subparsers(dest="data_command", required=True)
+    fetch = data_commands.add_parser(
+        "fetch", help="download the benchmark files, verify their SHA-256, place them atomically")
+    fetch.add_argument("datasets", nargs="+", metavar="NAME", help="ETTm1, Weather")
+    fetch.add_argument("--to", default=None,
+                       help="folder to write to (default: $HMEM_DATA_DIR, else ./data)")
+    fetch.add_argument("--mirror", default=None, metavar="URL",
+                       help="fetch URL/<file name> instead of the canonical public location")
+    fetch.add_argument("--retries", type=int, default=3, help="attempts per file (default 3)")
+    fetch.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    fetch.set_defaults(handler=_cmd_data_fetch)
 
     tune = commands.add_parser("tune", help="run a search space on Ray Tune")
     tune_commands = tune.add_subparsers(dest="tune_command", required=True)
@@ -216,6 +230,17 @@ def _log_progress(progress) -> None:
     log.info("test stream: %d/%d windows, running MSE %.4f over %d scored, %.2f ms/step",
              progress.windows_done, progress.windows_total, progress.running_mse,
              progress.scored, progress.ms_per_step)
+
+
+def _cmd_data_fetch(args: argparse.Namespace) -> int:
+    from hmem.data.fetch import fetch
+    from hmem.data.loading import resolve_data_dir
+
+    folder = Path(args.to) if args.to else (resolve_data_dir(None) or Path("data"))
+    fetch(args.datasets, folder, mirror=args.mirror, retries=args.retries)
+    print(f"data directory: {folder.resolve()}\n  use --data-dir {folder.resolve()} "
+          f"(or export HMEM_DATA_DIR={folder.resolve()})")
+    return 0
 
 
 def _cmd_run(args: argparse.Namespace) -> int:

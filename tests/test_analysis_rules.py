@@ -211,6 +211,16 @@ def test_every_verdict_shows_the_strongest_simple_baseline():
         "A1", "verdict"]
 
 
+def test_the_best_baseline_is_chosen_on_validation_mse():
+    trials = table(control(0, 0.70, val=0.34),
+                   trial("online_lr3e-6", "baseline", 0, 0.685, val=0.345),  # best on test only
+                   trial("online_slow", "baseline", 0, 0.710, val=0.334),
+                   trial("a1", "A1", 0, 0.69))
+    row = judge(trials)[1].set_index("direction").loc["A1"]
+    assert row["best_baseline"] == "online_slow"
+    assert row["gain_vs_baseline"] == pytest.approx((0.710 - 0.69) / 0.710)
+
+
 def test_a_gain_inside_the_controls_seed_spread_is_flagged():
     trials = table(control(0, 1.0), control(1, 1.1), control(2, 1.05),
                    trial("a1", "A1", 0, 0.97), trial("a1", "A1", 1, 1.06),

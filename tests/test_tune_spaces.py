@@ -132,9 +132,15 @@ def test_every_shipped_space_loads_and_plans(data_dir, capsys):
     assert main(["tune", "launch", "search_spaces/plan.yaml", "--dry-run",
                  "--data-dir", str(data_dir)]) == 0
     out = capsys.readouterr().out
-    assert ("68 trial(s); 2 pretraining run(s), one per distinct backbone; 2 contrastive "
+    assert ("80 trial(s); 2 pretraining run(s), one per distinct backbone; 2 contrastive "
             "encoder pretraining(s)") in out
     plan = load_space("search_spaces/plan.yaml")
+    # the strongest simple baseline is there: the backbone alone at 1e-5 and a small lr sweep
+    lrs = {v: plan.trial_config(v, "ETTm1").regime for v in plan.variants if v.startswith("online")}
+    assert lrs == {"online_slow": "backbone=online@1e-06 chrc=off",
+                   "online_lr3e-6": "backbone=online@3e-06 chrc=off",
+                   "online": "backbone=online@1e-05 chrc=off",
+                   "online_lr3e-5": "backbone=online@3e-05 chrc=off"}
     regimes = {v: plan.trial_config(v, "ETTm1").regime for v in ("b3", "b3_frozen", "a1_base")}
     assert regimes == {"b3": "backbone=online@1e-06 chrc=on",
                        "b3_frozen": "backbone=frozen chrc=on",
