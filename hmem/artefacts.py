@@ -6,6 +6,11 @@ request with the same key loads instead of training. Entries are written to a te
 and renamed into place, so concurrent trials never see half an entry; loading uses
 ``torch.load(..., weights_only=True)`` and never unpickles code.
 
+Every file of an entry has its SHA-256 in the entry's ``meta.json``, checked on load. A damaged
+entry (a full disk, a half-copied shared volume, a crashed NFS client) is logged, moved aside as
+``<key>.damaged-<time>`` and rebuilt; where it cannot be moved (a read-only cache), loading fails
+with one sentence naming the entry and what to do.
+
 When the backbone is frozen online, its forecasts never change: they are computed for every
 window the online loop can touch, in large batches, and stored beside the weights.
 """
@@ -29,8 +34,10 @@ from torch import nn
 from hmem.backbones import build_backbone
 from hmem.backbones.pretrain import pretrain_backbone
 from hmem.config import TrialConfig
+from hmem.data.loading import file_sha256
 from hmem.data.splits import PreparedData
 from hmem.data.windows import WindowBatcher
+from hmem.errors import HmemError
 
 log = logging.getLogger(__name__)
 
@@ -98,17 +105,62 @@ def publish(tmp: Path, final: Path) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+class DamagedArtefact(HmemError):
+    """A cache entry is damaged and cannot be moved aside to be rebuilt."""
+
+
+def save_entry(directory: Path, files: dict[str, Any], meta: dict[str, Any]) -> None:
+    """Write ``files`` (name -> tensors, saved with ``torch.save``) and ``meta.json``, with each
+    file's SHA-256, as one entry that appears atomically."""
+    tmp = atomic_dir(directory)
+    for name, payload in files.items():
+        torch.save(payload, tmp / name)
+    meta = {**meta, "sha256": {name: file_sha256(tmp / name) for name in files}}
+    (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
+    publish(tmp, directory)
+
+
+def load_entry(directory: Path, name: str) -> tuple[Any, dict[str, Any]] | None:
+    """File ``name`` of the entry and its meta, verified; ``None`` when there is no entry, or when
+    it was damaged and has been moved aside (the caller rebuilds it)."""
+    if not directory.exists():
+        return None
+    try:
+        meta = json.loads((directory / "meta.json").read_text())
+        path = directory / name
+        expected = meta.get("sha256", {}).get(name)
+        if expected is not None and file_sha256(path) != expected:
+            raise ValueError(f"{name} does not match the SHA-256 in meta.json")
+        return torch.load(path, map_location="cpu", weights_only=True), meta
+    except (OSError, ValueError, RuntimeError, KeyError, AttributeError) as err:
+        aside = None
+        try:  # an empty, uniquely named folder that the rename replaces
+            aside = Path(tempfile.mkdtemp(dir=directory.parent, prefix=(
+                f"{directory.name}.damaged-{time.strftime('%Y%m%d-%H%M%S')}-")))
+            os.rename(directory, aside)
+        except OSError as rename_err:
+            if aside is not None:
+                shutil.rmtree(aside, ignore_errors=True)
+            raise DamagedArtefact(
+                f"cache entry {directory} is damaged ({err}) and cannot be moved aside "
+                f"({rename_err.strerror}): delete it, or rebuild it where the cache is writable "
+                f"(hmem pretrain / hmem pretrain-encoder with the same config)") from None
+        log.warning("cache entry %s is damaged (%s): moved aside to %s; rebuilding it",
+                    directory, err, aside)
+        return None
+
+
 def load_or_pretrain(
     cfg: TrialConfig, data: PreparedData, cache_dir: str | os.PathLike | None = None
 ) -> Pretrained:
     key = backbone_key(cfg, data)
     directory = resolve_cache_dir(cache_dir) / "backbones" / key
     model = build_backbone(cfg.backbone, data.seq_len, data.horizon)
-    if (directory / "meta.json").is_file():
-        state = torch.load(directory / "weights.pt", map_location="cpu", weights_only=True)
+    entry = load_entry(directory, "weights.pt")
+    if entry is not None:
+        state, meta = entry
         model.load_state_dict(state)
         model.eval()
-        meta = json.loads((directory / "meta.json").read_text())
         log.info("backbone %s: loaded from cache %s (pretrained in %.1f s)", key, directory,
                  meta["pretrain_seconds"])
         return Pretrained(key, directory, model, meta, loaded_from_cache=True)
@@ -131,10 +183,7 @@ def load_or_pretrain(
         "history": report.history,
         "parameters": sum(p.numel() for p in model.parameters()),
     }
-    tmp = atomic_dir(directory)
-    torch.save(model.state_dict(), tmp / "weights.pt")
-    (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
-    publish(tmp, directory)
+    save_entry(directory, {"weights.pt": model.state_dict()}, meta)
     log.info("backbone %s: pretrained in %.1f s (best validation MSE %.4f at epoch %d), saved to "
              "%s", key, report.seconds, report.best_val_mse, report.best_epoch, directory)
     return Pretrained(key, directory, model, meta, loaded_from_cache=False)
@@ -161,13 +210,21 @@ def compute_base_forecasts(model: nn.Module, data: PreparedData, first: int, las
 
 
 def load_or_compute_base_forecasts(pretrained: Pretrained, data: PreparedData) -> BaseForecasts:
+    """The frozen backbone's forecasts, from the entry when they are there and intact (their
+    SHA-256 is kept beside them), else computed and stored."""
     first, last = online_window_range(data)
     path = pretrained.directory / "base_forecasts.pt"
+    checksum = path.with_name(path.name + ".sha256")
     if path.is_file():
-        stored = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-        if int(stored["first_start"]) == first and len(stored["forecasts"]) == last - first + 1:
-            log.info("base forecasts: loaded %d windows from %s", last - first + 1, path)
-            return BaseForecasts(first, stored["forecasts"])
+        try:
+            if checksum.read_text().strip() != file_sha256(path):
+                raise ValueError("it does not match its SHA-256")
+            stored = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+            if int(stored["first_start"]) == first and len(stored["forecasts"]) == last - first + 1:
+                log.info("base forecasts: loaded %d windows from %s", last - first + 1, path)
+                return BaseForecasts(first, stored["forecasts"])
+        except (OSError, ValueError, RuntimeError, KeyError) as err:
+            log.warning("base forecasts %s are damaged (%s): computing them again", path, err)
     started = time.perf_counter()
     forecasts = compute_base_forecasts(pretrained.model, data, first, last)
     log.info("base forecasts: computed %d windows in %.1f s", len(forecasts),
@@ -175,5 +232,9 @@ def load_or_compute_base_forecasts(pretrained: Pretrained, data: PreparedData) -
     fd, tmp = tempfile.mkstemp(prefix=".base_forecasts.", dir=pretrained.directory)
     os.close(fd)
     torch.save({"first_start": torch.tensor(first), "forecasts": forecasts}, tmp)
+    fd, tmp_sum = tempfile.mkstemp(prefix=".base_forecasts.sha256.", dir=pretrained.directory)
+    os.close(fd)
+    Path(tmp_sum).write_text(file_sha256(Path(tmp)))
+    os.replace(tmp_sum, checksum)
     os.replace(tmp, path)
     return BaseForecasts(first, forecasts)

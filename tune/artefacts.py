@@ -138,5 +138,6 @@ def unpack(shipped: dict[str, Any], cfg: TrialConfig, data: PreparedData
                 key, {k: torch.from_numpy(v) for k, v in entry["state"].items()}, entry["meta"],
                 loaded_from_cache=True)
     model.eval()
-    pretrained = Pretrained(shipped["key"], None, model, shipped["meta"], loaded_from_cache=True)
+    pretrained = Pretrained(shipped["key"], None, model, shipped["meta"],
+                            loaded_from_cache=shipped["loaded_from_cache"])
     return pretrained, base, encoder

@@ -23,13 +23,12 @@ import logging
 import os
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
-from hmem.artefacts import Pretrained, atomic_dir, publish, resolve_cache_dir
+from hmem.artefacts import Pretrained, load_entry, resolve_cache_dir, save_entry
 from hmem.chrc import POGTEncoder, pogt_length
 from hmem.config import TrialConfig
 from hmem.data.splits import PreparedData
@@ -134,18 +133,15 @@ def load_or_pretrain_encoder(cfg: TrialConfig, data: PreparedData, backbone: Pre
                              cache_dir: str | os.PathLike | None = None) -> PretrainedEncoder:
     key = encoder_key(cfg, backbone.key)
     directory = resolve_cache_dir(cache_dir) / "encoders" / key
-    if (directory / "meta.json").is_file():
-        state = torch.load(directory / "weights.pt", map_location="cpu", weights_only=True)
-        meta = json.loads((directory / "meta.json").read_text())
+    entry = load_entry(directory, "weights.pt")
+    if entry is not None:
+        state, meta = entry
         log.info("contrastive encoder %s: loaded from cache %s (pretrained in %.1f s)", key,
                  directory, meta["pretrain_seconds"])
         return PretrainedEncoder(key, state, meta, loaded_from_cache=True)
     log.info("contrastive encoder %s: not in cache, pretraining", key)
     encoder, meta = pretrain_encoder(cfg, data, backbone)
     meta = {"key": key, "backbone_key": backbone.key, **meta}
-    tmp = atomic_dir(directory)
-    torch.save(encoder.state_dict(), tmp / "weights.pt")
-    (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
-    publish(tmp, Path(directory))
+    save_entry(directory, {"weights.pt": encoder.state_dict()}, meta)
     log.info("contrastive encoder %s: pretrained in %.1f s", key, meta["pretrain_seconds"])
     return PretrainedEncoder(key, encoder.state_dict(), meta, loaded_from_cache=False)
