@@ -217,7 +217,7 @@ def load_or_compute_base_forecasts(pretrained: Pretrained, data: PreparedData) -
     checksum = path.with_name(path.name + ".sha256")
     if path.is_file():
         try:
-            if checksum.read_text().strip() != file_sha256(path):
+            if checksum.exists() and checksum.read_text().strip() != file_sha256(path):
                 raise ValueError("it does not match its SHA-256")
             stored = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
             if int(stored["first_start"]) == first and len(stored["forecasts"]) == last - first + 1:
