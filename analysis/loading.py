@@ -15,7 +15,6 @@ from __future__ import annotations
 import functools
 import io
 import json
-import logging
 import math
 import os
 from collections.abc import Iterable
@@ -78,15 +77,13 @@ def _space_of(record: dict[str, Any] | None) -> SearchSpace | None:
 
 
 def _experiment(location: str, index: int) -> list[dict[str, Any]]:
-    from ray.tune import ExperimentAnalysis  # Ray is only needed when reading experiments
+    from tune.ray_api import load_experiment  # Ray is only needed when reading experiments
 
     fs, root = _filesystem(location)
     if fs.get_file_info(root).type != pyarrow.fs.FileType.Directory:
         raise AnalysisError(f"{location}: no such experiment folder")
-    # Ray warns once per trial that has no results yet (pending); the rows say so instead.
-    logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
     try:
-        analysis = ExperimentAnalysis(location if "://" in location else root)
+        analysis = load_experiment(location if "://" in location else root)
     except Exception as err:  # Ray raises ValueError / FileNotFoundError / its own TuneError
         raise AnalysisError(f"{location}: not a Ray Tune experiment folder ({err})") from None
     raw_record = _read_text(fs, f"{root}/{LAUNCH_RECORD}")

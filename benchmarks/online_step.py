@@ -20,28 +20,23 @@ import time
 
 import torch
 
-from hmem.artefacts import load_or_compute_base_forecasts, load_or_pretrain
-from hmem.data.splits import prepare
 from hmem.online.learner import OnlineLearner
 from hmem.online.stream import RevealedSeries
 from hmem.spaces import load_space
-from hmem.variants.contrastive import load_or_pretrain_encoder
+from hmem.trial import TrialArtefacts
 
 
 def time_variant(
     space, variant: str, dataset: str, compiled: bool, args: argparse.Namespace
 ) -> list[float]:
     cfg = space.trial_config(variant, dataset, overrides={"runtime": {"compile": compiled}})
-    data = prepare(cfg.data, args.data_dir)
     torch.set_num_threads(2)
-    pretrained = load_or_pretrain(cfg, data, args.cache_dir)
+    artefacts = TrialArtefacts.load_or_build(cfg, args.data_dir, args.cache_dir)
     torch.set_num_threads(args.threads)
-    encoder = None
-    if cfg.chrc.enabled and cfg.chrc.contrastive.enabled:
-        encoder = load_or_pretrain_encoder(cfg, data, pretrained, args.cache_dir).state
-    learner = OnlineLearner(cfg, pretrained.model, data.n_vars, data.horizon, encoder=encoder)
-    base = load_or_compute_base_forecasts(pretrained, data) if learner.needs_base_cache else None
-    series = RevealedSeries(data, base, cfg.chrc if cfg.chrc.enabled else None)
+    data = artefacts.data
+    learner = OnlineLearner(cfg, artefacts.pretrained.model, data.n_vars, data.horizon,
+                            encoder=artefacts.encoder.state if artefacts.encoder else None)
+    series = RevealedSeries(data, artefacts.base, cfg.chrc if cfg.chrc.enabled else None)
     L, H = data.seq_len, data.horizon
     val = data.segments["val"].window_starts(L, H)
     test = data.segments["test"].window_starts(L, H)

@@ -268,9 +268,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
 def _cmd_pretrain(args: argparse.Namespace) -> int:
     import torch
 
-    from hmem.artefacts import load_or_compute_base_forecasts, load_or_pretrain
-    from hmem.data.splits import prepare
     from hmem.spaces import load_space
+    from hmem.trial import TrialArtefacts
 
     space = load_space(args.space)
     overrides = _overrides(args)
@@ -279,11 +278,10 @@ def _cmd_pretrain(args: argparse.Namespace) -> int:
     variant = args.variant or next(iter(space.variants))
     cfg = space.trial_config(variant, args.dataset, None, overrides)
     torch.set_num_threads(cfg.runtime.pretrain_threads or os.cpu_count() or 1)
-    data = prepare(cfg.data, args.data_dir)
     started = time.perf_counter()
-    pretrained = load_or_pretrain(cfg, data, args.cache_dir)
-    base = load_or_compute_base_forecasts(pretrained, data)
-    meta = pretrained.meta
+    artefacts = TrialArtefacts.load_or_build(cfg, args.data_dir, args.cache_dir,
+                                             base_forecasts=True)
+    pretrained, base, meta = artefacts.pretrained, artefacts.base, artefacts.pretrained.meta
     print(
         f"backbone {pretrained.key} ({args.dataset}): "
         f"{'loaded from cache' if pretrained.loaded_from_cache else 'pretrained'}; best validation "
@@ -298,11 +296,9 @@ def _cmd_pretrain(args: argparse.Namespace) -> int:
 def _cmd_pretrain_encoder(args: argparse.Namespace) -> int:
     import torch
 
-    from hmem.artefacts import load_or_pretrain
-    from hmem.data.splits import prepare
     from hmem.errors import ConfigError
     from hmem.spaces import load_space
-    from hmem.variants.contrastive import load_or_pretrain_encoder
+    from hmem.trial import TrialArtefacts
 
     space = load_space(args.space)
     overrides = _overrides(args)
@@ -310,15 +306,15 @@ def _cmd_pretrain_encoder(args: argparse.Namespace) -> int:
         overrides.setdefault("chrc", {}).setdefault("contrastive", {})["seed"] = args.seed
     candidates = [args.variant] if args.variant else list(space.variants)
     configs = [space.trial_config(v, args.dataset, None, overrides) for v in candidates]
-    chosen = [c for c in configs if c.chrc.enabled and c.chrc.contrastive.enabled]
+    chosen = [c for c in configs if c.uses_pretrained_encoder]
     if not chosen:
         raise ConfigError(f"{space.source}: no variant{' ' + args.variant if args.variant else ''}"
                           f" has chrc.contrastive.enabled: true; there is nothing to pretrain")
     cfg = chosen[0]
     torch.set_num_threads(cfg.runtime.pretrain_threads or os.cpu_count() or 1)
-    data = prepare(cfg.data, args.data_dir)
-    pretrained = load_or_pretrain(cfg, data, args.cache_dir)
-    encoder = load_or_pretrain_encoder(cfg, data, pretrained, args.cache_dir)
+    artefacts = TrialArtefacts.load_or_build(cfg, args.data_dir, args.cache_dir,
+                                             base_forecasts=False)
+    pretrained, encoder = artefacts.pretrained, artefacts.encoder
     meta = encoder.meta
     print(f"contrastive encoder {encoder.key} ({args.dataset}, backbone {pretrained.key}): "
           f"{'loaded from cache' if encoder.loaded_from_cache else 'pretrained'}; "
@@ -394,7 +390,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 
 def _cmd_campaign(args: argparse.Namespace) -> int:
-    from analysis.campaign import CampaignOptions, run_campaign
+    from tune.campaign import CampaignOptions, run_campaign
 
     options = CampaignOptions(address=args.address, storage=args.storage, name=args.name,
                               resume=args.resume, data_dir=args.data_dir,

@@ -327,6 +327,16 @@ class TrialConfig(_Config):
         return self
 
     @property
+    def uses_pretrained_encoder(self) -> bool:
+        """B2: CHRC's POGT encoder comes pretrained (``hmem pretrain-encoder``) and frozen."""
+        return self.chrc.enabled and self.chrc.contrastive.enabled
+
+    @property
+    def needs_base_forecasts(self) -> bool:
+        """A frozen backbone's forecasts never change: the loop reads them from the cache."""
+        return self.backbone.frozen_online and self.runtime.base_cache
+
+    @property
     def regime(self) -> str:
         """Which regime the numbers come from, e.g. ``backbone=frozen chrc=on``."""
         if self.backbone.frozen_online:

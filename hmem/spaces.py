@@ -69,6 +69,12 @@ class Distribution(_Strict):
             raise ValueError(f"a loguniform range needs low > 0 (low={self.low})")
         return self
 
+    def may_sample(self, value: float) -> bool:
+        """Whether ``value`` can be drawn (a range includes its ends)."""
+        if self.type == "choice":
+            return value in self.values
+        return self.low <= value <= self.high
+
     def bounds(self) -> list[Any]:
         """Values at the edges of the range, to validate against the config schema."""
         if self.type == "choice":
@@ -248,6 +254,12 @@ class SearchSpace(_Strict):
             raise ConfigError(format_validation_error(err, self.source)) from None
         subset._source = self._source
         return subset
+
+    def may_sample(self, key: str, value: float) -> bool:
+        """Whether this space's search samples ``key`` (dotted) from a range that includes
+        ``value`` (the grid's own values are in its configs already)."""
+        sampled = self.search.params.get(key)
+        return sampled is not None and sampled.may_sample(value)
 
     def cells(self) -> list[Cell]:
         """Every trial of the grid, variants outermost (the order the file declares them)."""

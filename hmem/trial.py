@@ -1,7 +1,9 @@
-"""One trial as a recipe: set up (data, pretrained backbone), stream, write results.
+"""One trial as a recipe: set up (:class:`TrialArtefacts`), stream, write results.
 
-``hmem run`` and the Ray Tune trainable both call :func:`run_trial_and_save`, so a trial gives the
-same numbers whichever way it was launched. The results folder holds:
+``hmem run`` (:func:`run_trial_and_save`), the Ray Tune trainable, the artefact tasks of a search
+and the benchmarks all set a trial up through :class:`TrialArtefacts`, and write what it gives
+through :func:`write_results`, so a trial gives the same numbers whichever way it was launched.
+The results folder holds:
 
 - ``metrics.json``: the scores, timings, the regime and the trial's identity;
 - ``curve.csv``: per-window test MSE and MAE (the online learning curve);
@@ -17,6 +19,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,14 +27,52 @@ import numpy as np
 import pandas as pd
 import torch
 
-from hmem.artefacts import Pretrained, load_or_pretrain
+from hmem.artefacts import (
+    BaseForecasts,
+    Pretrained,
+    load_or_compute_base_forecasts,
+    load_or_pretrain,
+)
 from hmem.config import TrialConfig
 from hmem.data.splits import PreparedData, prepare
-from hmem.online.runner import ProgressFn, RunResult, resolve_device, run_trial
+from hmem.online.runner import OnlineRun, ProgressFn, RunResult, resolve_device, run_trial
 from hmem.spaces import Cell
 from hmem.variants.contrastive import PretrainedEncoder, load_or_pretrain_encoder
 
 log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrialArtefacts:
+    """Everything a trial needs before its online run: the prepared data, the pretrained
+    backbone, its base forecasts (when the backbone stays frozen) and B2's pretrained encoder
+    (when the config uses one). Each comes from the content-hashed cache, or is built once and
+    stored there; in a search they are built by one Ray task and shipped (``tune.artefacts``)."""
+
+    data: PreparedData
+    pretrained: Pretrained
+    base: BaseForecasts | None = None
+    encoder: PretrainedEncoder | None = None
+
+    @classmethod
+    def load_or_build(cls, cfg: TrialConfig, data_dir: str | os.PathLike | None = None,
+                      cache_dir: str | os.PathLike | None = None, *,
+                      data: PreparedData | None = None,
+                      base_forecasts: bool | None = None) -> TrialArtefacts:
+        """``base_forecasts`` forces them on or off (a search's task builds them when any of its
+        trials needs them); by default the config decides."""
+        data = prepare(cfg.data, data_dir) if data is None else data
+        pretrained = load_or_pretrain(cfg, data, cache_dir)
+        wants_base = cfg.needs_base_forecasts if base_forecasts is None else base_forecasts
+        base = load_or_compute_base_forecasts(pretrained, data) if wants_base else None
+        encoder = (load_or_pretrain_encoder(cfg, data, pretrained, cache_dir)
+                   if cfg.uses_pretrained_encoder else None)
+        return cls(data, pretrained, base, encoder)
+
+    def online_run(self, cfg: TrialConfig, *, keep_forecasts: bool = False) -> OnlineRun:
+        return OnlineRun(cfg, self.data, self.pretrained, self.base,
+                         keep_forecasts=keep_forecasts,
+                         encoder=self.encoder.state if self.encoder else None)
 
 
 def describe(
@@ -101,16 +142,14 @@ def run_trial_and_save(
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.json").write_text(json.dumps(cfg.model_dump(), indent=2))  # before any work
 
-    data = prepare(cfg.data, data_dir)
     torch.set_num_threads(cfg.runtime.pretrain_threads or os.cpu_count() or 1)
-    pretrained = load_or_pretrain(cfg, data, cache_dir)
-    encoder = None
-    if cfg.chrc.enabled and cfg.chrc.contrastive.enabled:
-        encoder = load_or_pretrain_encoder(cfg, data, pretrained, cache_dir)
+    artefacts = TrialArtefacts.load_or_build(cfg, data_dir, cache_dir)
     torch.set_num_threads(cfg.runtime.threads)
-    result = run_trial(cfg, data, pretrained, progress=progress, progress_every=progress_every,
-                       keep_forecasts=save_forecasts, encoder=encoder.state if encoder else None)
-    result.metrics.update(describe(cfg, space, cell, pretrained, encoder))
-    write_results(out, cfg, data, result)
+    result = run_trial(cfg, artefacts.data, artefacts.pretrained, base=artefacts.base,
+                       progress=progress, progress_every=progress_every,
+                       keep_forecasts=save_forecasts,
+                       encoder=artefacts.encoder.state if artefacts.encoder else None)
+    result.metrics.update(describe(cfg, space, cell, artefacts.pretrained, artefacts.encoder))
+    write_results(out, cfg, artefacts.data, result)
     log.info("results written to %s", out)
     return result

@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 import ray
 
-from analysis.campaign import CampaignOptions, run_campaign
 from analysis.loading import load_trials
+from tune.campaign import CampaignOptions, run_campaign
 from tune.launcher import launch
 
 REPO = Path(__file__).resolve().parents[1]

@@ -59,7 +59,7 @@ def _run(cfg, cache_dir):
     data = prepare(cfg.data)
     pretrained = load_or_pretrain(cfg, data, cache_dir)
     encoder = (load_or_pretrain_encoder(cfg, data, pretrained, cache_dir).state
-               if cfg.chrc.enabled and cfg.chrc.contrastive.enabled else None)
+               if cfg.uses_pretrained_encoder else None)
     return OnlineRun(cfg, data, pretrained, encoder=encoder)
 
 

@@ -196,3 +196,22 @@ def test_part_of_a_space_runs_with_the_whole_files_configs(tmp_path, capsys):
     assert main(["tune", "launch", str(path), "--storage", str(tmp_path), "--resume",
                  "--seeds", "3"]) == 2
     assert "--resume continues the saved one as launched" in capsys.readouterr().err
+
+
+def test_a_search_that_may_freeze_the_backbone_plans_its_base_forecasts(tmp_path):
+    """Optuna sampling backbone.online_lr_scale from [0, 0.2] can draw a frozen backbone, whose
+    trial reads the base forecasts: they must be shipped with the backbone."""
+    from tune.artefacts import plan_backbones
+    from tune.launcher import trial_configs
+
+    text = GOOD.replace("variants: {a: {}, b: {chrc: {enabled: false}}}",
+                        "variants: {a: {backbone: {online_lr_scale: 0.1}}}")
+    sampled = "search: {kind: optuna, num_samples: 2, params: {backbone.online_lr_scale: {type: uniform, low: %s, high: 0.2}}}\n"
+    space = load_space(_write(tmp_path, text + sampled % 0.0))
+    assert space.may_sample("backbone.online_lr_scale", 0.0)
+    configs = trial_configs(space, {})
+    plans = plan_backbones(configs, None, may_freeze=True)
+    assert all(plan.needs_base_forecasts for plan in plans.values())
+    assert not any(p.needs_base_forecasts for p in plan_backbones(configs, None).values())
+    never_frozen = load_space(_write(tmp_path, text + sampled % 0.05))
+    assert not never_frozen.may_sample("backbone.online_lr_scale", 0.0)

@@ -21,16 +21,11 @@ import numpy as np
 import ray
 import torch
 
-from hmem.artefacts import (
-    BaseForecasts,
-    Pretrained,
-    backbone_key,
-    load_or_compute_base_forecasts,
-    load_or_pretrain,
-)
+from hmem.artefacts import BaseForecasts, Pretrained, backbone_key
 from hmem.backbones import build_backbone
 from hmem.config import TrialConfig
 from hmem.data.splits import PreparedData, prepare
+from hmem.trial import TrialArtefacts
 from hmem.variants.contrastive import PretrainedEncoder, encoder_key, load_or_pretrain_encoder
 
 log = logging.getLogger(__name__)
@@ -48,9 +43,12 @@ class BackbonePlan:
 
 
 def plan_backbones(
-    configs: dict[str, TrialConfig], data_dir: str | None
+    configs: dict[str, TrialConfig], data_dir: str | None, *, may_freeze: bool = False
 ) -> dict[str, BackbonePlan]:
-    """Group trials (label -> config) by backbone key; the data is read once per data config."""
+    """Group trials (label -> config) by backbone key; the data is read once per data config.
+
+    ``may_freeze``: a search samples ``backbone.online_lr_scale`` from a range that includes 0,
+    so any of its trials may run a frozen backbone and need the base forecasts."""
     prepared: dict[str, PreparedData] = {}
     plans: dict[str, BackbonePlan] = {}
     for label, cfg in configs.items():
@@ -60,8 +58,9 @@ def plan_backbones(
         key = backbone_key(cfg, prepared[data_id])
         plan = plans.setdefault(key, BackbonePlan(key, cfg))
         plan.trials.append(label)
-        plan.needs_base_forecasts |= cfg.backbone.frozen_online and cfg.runtime.base_cache
-        if cfg.chrc.enabled and cfg.chrc.contrastive.enabled:
+        plan.needs_base_forecasts |= cfg.needs_base_forecasts or (
+            may_freeze and cfg.runtime.base_cache)
+        if cfg.uses_pretrained_encoder:
             plan.encoders.setdefault(encoder_key(cfg, key), cfg)
     return plans
 
@@ -72,8 +71,8 @@ def _build(config: dict[str, Any], data_dir: str | None, cache_dir: str, needs_b
     encoders built on it."""
     cfg = TrialConfig.model_validate(config)
     torch.set_num_threads(threads)
-    data = prepare(cfg.data, data_dir)
-    pretrained = load_or_pretrain(cfg, data, cache_dir)
+    artefacts = TrialArtefacts.load_or_build(cfg, data_dir, cache_dir, base_forecasts=needs_base)
+    data, pretrained = artefacts.data, artefacts.pretrained
     shipped: dict[str, Any] = {
         "key": pretrained.key,
         "meta": pretrained.meta,
@@ -81,12 +80,11 @@ def _build(config: dict[str, Any], data_dir: str | None, cache_dir: str, needs_b
         "state": {name: t.numpy() for name, t in pretrained.model.state_dict().items()},
         "node": ray.get_runtime_context().get_node_id(),
     }
-    if needs_base:
-        base = load_or_compute_base_forecasts(pretrained, data)
-        shipped["base_first_start"] = base.first_start
-        shipped["base_forecasts"] = np.ascontiguousarray(base.forecasts.numpy())
+    if artefacts.base is not None:
+        shipped["base_first_start"] = artefacts.base.first_start
+        shipped["base_forecasts"] = np.ascontiguousarray(artefacts.base.forecasts.numpy())
     shipped["encoders"] = {}
-    for encoder_config in encoders:
+    for encoder_config in encoders:  # every B2 encoder built on this backbone
         encoder = load_or_pretrain_encoder(TrialConfig.model_validate(encoder_config), data,
                                            pretrained, cache_dir)
         shipped["encoders"][encoder.key] = {
@@ -118,8 +116,7 @@ def ship_backbones(
     return refs
 
 
-def unpack(shipped: dict[str, Any], cfg: TrialConfig, data: PreparedData
-           ) -> tuple[Pretrained, BaseForecasts | None, PretrainedEncoder | None]:
+def unpack(shipped: dict[str, Any], cfg: TrialConfig, data: PreparedData) -> TrialArtefacts:
     """A trial's view of shipped artefacts: the model, the base forecasts and the B2 encoder it
     uses, when there are any."""
     model = build_backbone(cfg.backbone, data.seq_len, data.horizon)
@@ -131,7 +128,7 @@ def unpack(shipped: dict[str, Any], cfg: TrialConfig, data: PreparedData
             base = BaseForecasts(shipped["base_first_start"],
                                  torch.from_numpy(shipped["base_forecasts"]))
         encoder = None
-        if cfg.chrc.enabled and cfg.chrc.contrastive.enabled:
+        if cfg.uses_pretrained_encoder:
             key = encoder_key(cfg, shipped["key"])
             entry = shipped["encoders"][key]
             encoder = PretrainedEncoder(
@@ -140,4 +137,4 @@ def unpack(shipped: dict[str, Any], cfg: TrialConfig, data: PreparedData
     model.eval()
     pretrained = Pretrained(shipped["key"], None, model, shipped["meta"],
                             loaded_from_cache=shipped["loaded_from_cache"])
-    return pretrained, base, encoder
+    return TrialArtefacts(data, pretrained, base, encoder)

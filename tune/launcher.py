@@ -37,7 +37,7 @@ from hmem.data.loading import resolve_data_dir
 from hmem.errors import ConfigError, HmemError
 from hmem.spaces import Cell, Distribution, SearchSpace, load_space
 from tune.artefacts import BackbonePlan, plan_backbones, ship_backbones
-from tune.loopback import keep_embedded_ray_on_loopback
+from tune.ray_api import can_restore, connect, new_tuner, pretrain_cpus, restore_tuner
 from tune.trainable import TrialContext, hmem_trainable
 
 log = logging.getLogger(__name__)
@@ -119,40 +119,6 @@ def dry_run_table(space: SearchSpace, configs: dict[str, TrialConfig],
 
 
 # ----------------------------------------------------------------------------- Ray
-
-
-def connect(address: str | None) -> None:
-    """Embedded local Ray on 127.0.0.1 when ``address`` is None, else the given cluster."""
-    if ray.is_initialized():
-        return
-    if address is None:
-        if not keep_embedded_ray_on_loopback():
-            log.warning("Ray was imported before the launch could keep it on 127.0.0.1; the "
-                        "embedded instance may use this machine's outward address (see "
-                        "tune/loopback.py)")
-        ray.init(address="local", _node_ip_address="127.0.0.1", include_dashboard=False,
-                 logging_level=logging.WARNING)
-    else:
-        ray.init(address=address, logging_level=logging.WARNING, **_loopback_node(address))
-    log.info("Ray: %s, resources %s", address or "embedded local instance",
-             ray.cluster_resources())
-
-
-def _pretrain_cpus(tasks: int) -> int:
-    """CPUs per pretraining task: a share of the cluster, at most 4, and never more than the
-    largest node has (a task asking for more than any node offers would wait forever)."""
-    cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
-    largest = max((int(node["Resources"].get("CPU", 0)) for node in ray.nodes()
-                   if node["Alive"]), default=1)
-    return max(1, min(4, largest, cpus // max(tasks, 1)))
-
-
-def _loopback_node(address: str) -> dict[str, str]:
-    """A cluster on a loopback address other than 127.0.0.1 (several nodes on one machine, as in
-    the tests): the driver is on the node with that address. Ray would otherwise announce this
-    machine's outward address for the driver and find no node there."""
-    host = address.split("://")[-1].rsplit(":", 1)[0]
-    return {"_node_ip_address": host} if host.startswith("127.") and host != "127.0.0.1" else {}
 
 
 def _domain(distribution: Distribution):
@@ -261,7 +227,7 @@ def launch(space_path: str | os.PathLike, options: LaunchOptions) -> LaunchRepor
 
     if options.resume and not options.dry_run:
         record = _read_record(exp_path) if Path(exp_path).exists() or "://" in exp_path else None
-        if record is None or not ray.tune.Tuner.can_restore(exp_path):
+        if record is None or not can_restore(exp_path):
             raise HmemError(f"nothing to resume at {exp_path}: launch it first (without --resume)")
         space = SearchSpace.model_validate(record["space"])
         space._source = record["space_source"]
@@ -271,30 +237,30 @@ def launch(space_path: str | os.PathLike, options: LaunchOptions) -> LaunchRepor
         log.info("resuming %s with the search space saved at launch", exp_path)
 
     configs = trial_configs(space, overrides)
-    plans = plan_backbones(configs, data_dir)
+    plans = plan_backbones(configs, data_dir,
+                           may_freeze=space.may_sample("backbone.online_lr_scale", 0.0))
     if options.dry_run:
         print(dry_run_table(space, configs, plans))
         return None
-    if not options.resume and Path(exp_path).exists() and ray.tune.Tuner.can_restore(exp_path):
+    if not options.resume and Path(exp_path).exists() and can_restore(exp_path):
         raise ConfigError(f"{exp_path} already holds an experiment: pass --resume to continue "
                           f"it, or --name NAME for a new one")
 
     connect(options.address)
     started = time.perf_counter()
-    refs = ship_backbones(plans, data_dir, cache_dir, cpus_per_task=_pretrain_cpus(len(plans)))
+    refs = ship_backbones(plans, data_dir, cache_dir, cpus_per_task=pretrain_cpus(len(plans)))
     context = TrialContext(space.model_dump(), space.source, data_dir, cache_dir, refs, overrides)
     resources = {"cpu": space.resources.cpu, "gpu": space.resources.gpu}
     trainable = ray.tune.with_resources(
         ray.tune.with_parameters(hmem_trainable, context=context), resources
     )
     if options.resume:
-        tuner = ray.tune.Tuner.restore(exp_path, trainable=trainable, resume_errored=True)
+        tuner = restore_tuner(exp_path, trainable)
     else:
         _write_record(exp_path, {"space": space.model_dump(), "space_source": space.source,
                                  "data_dir": data_dir, "overrides": overrides})
-        tuner = ray.tune.Tuner(trainable, param_space=_param_space(space),
-                               tune_config=_tune_config(space),
-                               run_config=_run_config(space, storage, name))
+        tuner = new_tuner(trainable, _param_space(space), _tune_config(space),
+                          _run_config(space, storage, name))
     results = tuner.fit()
     return _summarise(results, exp_path, time.perf_counter() - started, len(plans), space)
 

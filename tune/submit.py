@@ -19,10 +19,8 @@ import shlex
 import time
 from pathlib import Path
 
-from ray.exceptions import AuthenticationError
-from ray.job_submission import JobSubmissionClient
-
 from hmem.errors import HmemError
+from tune.ray_api import AuthenticationError, JobSubmissionClient
 
 PROJECT = Path(__file__).resolve().parents[1]
 

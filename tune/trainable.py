@@ -26,13 +26,12 @@ import ray.tune
 import torch
 from torch.utils.tensorboard import SummaryWriter
 
-from hmem.artefacts import Pretrained, backbone_key, load_or_pretrain
+from hmem.artefacts import backbone_key
 from hmem.config import TrialConfig, deep_merge
-from hmem.data.splits import PreparedData, prepare
-from hmem.online.runner import OnlineRun
+from hmem.data.splits import prepare
+from hmem.online.runner import OnlineRun, Progress
 from hmem.spaces import Cell, SearchSpace, dotted_to_tree
-from hmem.trial import describe, write_results
-from hmem.variants.contrastive import PretrainedEncoder, load_or_pretrain_encoder
+from hmem.trial import TrialArtefacts, describe, write_results
 from tune.artefacts import unpack
 
 log = logging.getLogger(__name__)
@@ -62,47 +61,44 @@ class _Trial:
     space: SearchSpace
     cell: Cell
     cfg: TrialConfig
-    data: PreparedData
-    pretrained: Pretrained
-    encoder: PretrainedEncoder | None
+    artefacts: TrialArtefacts
     backbone_source: str  # "object_store", or "trial" when it had to load or pretrain itself
     out: Path  # the trial's working directory; Ray syncs it into the trial folder
 
 
 def hmem_trainable(params: dict[str, Any], context: TrialContext) -> None:
+    """Set up, then for each progress report of the online run: a Tune report (with a checkpoint
+    every ``checkpoint_every`` windows, with the trial's results at the end)."""
     started = time.perf_counter()
-    trial, base = _set_up(params, context)
-    run = OnlineRun(trial.cfg, trial.data, trial.pretrained, base,
-                    encoder=trial.encoder.state if trial.encoder else None)
-    checkpoint = ray.tune.get_checkpoint()
-    if checkpoint is not None:
-        with checkpoint.as_directory() as folder:
-            run.load_state_dict(torch.load(Path(folder) / STATE_FILE, weights_only=True))
-        # The clock restarts with the process; the checkpoint carries the online time before.
-        started -= sum(run.seconds.values())
-        log.info("trial %s: resumed at test window %d", trial.cell.label(),
-                 run.test_windows_done)
-
+    trial = _set_up(params, context)
+    run = trial.artefacts.online_run(trial.cfg)
+    started -= _restore(run, trial)
     writer = SummaryWriter(str(trial.out / "tensorboard"))
-    written = run.scores["test"].scored
-    if run.phase == "warmup":
-        run.advance(len(run.streams["warmup"]) - run.position)
-    report_every, checkpoint_every = trial.space.report_every, trial.space.checkpoint_every
-    while not run.done:
-        run.advance(report_every - run.test_windows_done % report_every)
-        if run.scores["test"].scored == 0 and not run.done:
-            continue  # nothing revealed yet to report on
+    written = run.progress().scored  # windows already in TensorBoard before a restore
+    for progress in run.reports(trial.space.report_every):
         written = _write_curve(writer, run, written)
-        metrics = _running_metrics(run)
+        metrics = _running_metrics(progress)
         if run.done:
             writer.close()
             ray.tune.report({**metrics, **_finish(trial, run, started)})
-        elif run.test_windows_done % checkpoint_every == 0:
+        elif progress.windows_done % trial.space.checkpoint_every == 0:
             with tempfile.TemporaryDirectory() as folder:
                 torch.save(run.state_dict(), Path(folder) / STATE_FILE)
                 ray.tune.report(metrics, checkpoint=ray.tune.Checkpoint.from_directory(folder))
         else:
             ray.tune.report(metrics)
+
+
+def _restore(run: OnlineRun, trial: _Trial) -> float:
+    """Continue from Ray's checkpoint, if any; returns the online seconds it already carries
+    (the clock restarts with the process)."""
+    checkpoint = ray.tune.get_checkpoint()
+    if checkpoint is None:
+        return 0.0
+    with checkpoint.as_directory() as folder:
+        run.load_state_dict(torch.load(Path(folder) / STATE_FILE, weights_only=True))
+    log.info("trial %s: resumed at test window %d", trial.cell.label(), run.test_windows_done)
+    return sum(run.seconds.values())
 
 
 def _set_up(params: dict[str, Any], context: TrialContext):
@@ -117,21 +113,17 @@ def _set_up(params: dict[str, Any], context: TrialContext):
     data = prepare(cfg.data, context.data_dir)
     ref = context.backbones.get(backbone_key(cfg, data))
     if ref is not None:
-        pretrained, base, encoder = unpack(ray.get(ref), cfg, data)
-        source = "object_store"
+        artefacts, source = unpack(ray.get(ref), cfg, data), "object_store"
     else:  # a sampled value changed the backbone itself: nothing could be shipped for it
         log.warning("trial %s: its backbone was not shipped; loading or pretraining it here",
                     cell.label())
-        pretrained, base, source = load_or_pretrain(cfg, data, context.cache_dir), None, "trial"
-        encoder = None
-        if cfg.chrc.enabled and cfg.chrc.contrastive.enabled:
-            encoder = load_or_pretrain_encoder(cfg, data, pretrained, context.cache_dir)
+        artefacts = TrialArtefacts.load_or_build(cfg, cache_dir=context.cache_dir, data=data)
+        source = "trial"
     torch.set_num_threads(cfg.runtime.threads)
-    return _Trial(space, cell, cfg, data, pretrained, encoder, source, out), base
+    return _Trial(space, cell, cfg, artefacts, source, out)
 
 
-def _running_metrics(run: OnlineRun) -> dict[str, Any]:
-    progress = run.progress()
+def _running_metrics(progress: Progress) -> dict[str, Any]:
     return {
         "mse": progress.running_mse,
         "windows": progress.windows_done,
@@ -149,11 +141,11 @@ def _finish(trial: _Trial, run: OnlineRun, started: float) -> dict[str, Any]:
     """Write the trial's results folder; return its scalar metrics for the last report."""
     result = run.result()
     result.metrics["seconds_total"] = time.perf_counter() - started
-    result.metrics.update(describe(trial.cfg, trial.space.name, trial.cell, trial.pretrained,
-                                   trial.encoder))
+    result.metrics.update(describe(trial.cfg, trial.space.name, trial.cell,
+                                   trial.artefacts.pretrained, trial.artefacts.encoder))
     result.metrics.update(backbone_source=trial.backbone_source,
                           node=ray.get_runtime_context().get_node_id())
-    write_results(trial.out, trial.cfg, trial.data, result)
+    write_results(trial.out, trial.cfg, trial.artefacts.data, result)
     scalars = {k: v for k, v in result.metrics.items() if isinstance(v, (int, float, str, bool))}
     return {**scalars, "mean_gate": _number(result.metrics["mean_gate"])}
 
@@ -164,10 +156,9 @@ def _number(value: Any) -> float:
 
 def _write_curve(writer: SummaryWriter, run: OnlineRun, written: int) -> int:
     """Add the per-window test MSE of windows scored since the last report."""
-    scores = run.scores["test"]
-    for j in range(written, scores.scored):
-        value = float(scores.mse[j])
+    values = run.test_window_mse(written).tolist()
+    for j, value in enumerate(values, start=written):
         if math.isfinite(value):
             writer.add_scalar("test/window_mse", value, global_step=j)
     writer.flush()
-    return scores.scored
+    return written + len(values)

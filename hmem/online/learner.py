@@ -90,7 +90,7 @@ class OnlineLearner(nn.Module):
         torch.manual_seed(cfg.seed)
         self.bank = CHRCBank(cfg.chrc, n_vars, horizon).to(device) if cfg.chrc.enabled else None
         self.probe = MechanismProbe(cfg, self.bank, cfg.snma.enabled).to(device)
-        if self.bank is not None and cfg.chrc.contrastive.enabled:
+        if cfg.uses_pretrained_encoder:
             if encoder is None:
                 raise ValueError("chrc.contrastive is on: pass the pretrained encoder "
                                  "(hmem.variants.contrastive.load_or_pretrain_encoder)")
@@ -135,8 +135,7 @@ class OnlineLearner(nn.Module):
 
     @property
     def needs_base_cache(self) -> bool:
-        """A frozen backbone's forecasts never change: read them from the cache."""
-        return not self.trains_backbone and self.cfg.runtime.base_cache
+        return self.cfg.needs_base_forecasts
 
     def _base(self, series: RevealedSeries, start: int) -> torch.Tensor:
         if self.needs_base_cache:

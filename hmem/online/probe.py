@@ -53,7 +53,7 @@ class MechanismProbe(nn.Module):
         self.sums: dict[str, float] = {}
         self.counts: dict[str, int] = {}
         self.control_encoders = None
-        if bank is not None and cfg.chrc.contrastive.enabled:
+        if cfg.uses_pretrained_encoder:
             self.control_encoders = nn.ModuleList(
                 copy.deepcopy(module.encoder).requires_grad_(False) for module in bank
             )

@@ -14,7 +14,8 @@ A method with nothing to train (``frozen``) takes its forecasts from the cache i
 
 :class:`OnlineRun` holds all of this as explicit state: it can stop after any window, be saved
 with :meth:`OnlineRun.state_dict` and continue from there, with the same numbers on CPU as a run
-that never stopped.
+that never stopped. :meth:`OnlineRun.reports` is how callers drive it: the command line and the
+Ray Tune trainable both iterate over its progress reports.
 """
 
 from __future__ import annotations
@@ -22,8 +23,9 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from enum import Enum
 from typing import Any
 
 import torch
@@ -38,6 +40,14 @@ from hmem.online.stream import RevealedSeries
 log = logging.getLogger(__name__)
 
 _STATE_FORMAT = 2  # 2: the learner carries its mechanism probe
+
+
+class Phase(str, Enum):
+    """Where a run stands: on the validation warm-up, on the test stream, or finished."""
+
+    WARMUP = "warmup"
+    TEST = "test"
+    DONE = "done"
 
 
 @dataclass(frozen=True)
@@ -166,52 +176,61 @@ class OnlineRun:
         self.scores = {
             name: _Scores(starts, H, data.n_vars, device) for name, starts in self.streams.items()
         }
-        self.phase = "warmup" if self.learner.trainable and cfg.online.warmup else "test"
-        self.warmed_up = self.phase == "warmup"
+        warms = self.learner.trainable and cfg.online.warmup
+        self.phase = Phase.WARMUP if warms else Phase.TEST
+        self.warmed_up = warms
         self.position = 0  # next window of the current phase
         self.seconds = {"warmup": 0.0, "test": 0.0}
         n_test = len(self.streams["test"])
         self.forecasts = (
             torch.empty(n_test, H, data.n_vars, device=device) if keep_forecasts else None
         )
-        if self.phase == "test":
+        if self.phase is Phase.TEST:
             self.learner.start_test()
 
     @property
     def done(self) -> bool:
-        return self.phase == "done"
+        return self.phase is Phase.DONE
 
     @property
     def test_windows_done(self) -> int:
-        return {"warmup": 0, "test": self.position, "done": len(self.streams["test"])}[self.phase]
+        if self.phase is Phase.WARMUP:
+            return 0
+        return self.position if self.phase is Phase.TEST else len(self.streams["test"])
 
-    def advance(
-        self,
-        max_windows: int | None = None,
-        progress: ProgressFn | None = None,
-        progress_every: int = 1000,
-    ) -> None:
+    def reports(self, every: int) -> Iterator[Progress]:
+        """Run to the end, yielding the test stream's progress every ``every`` test windows and
+        once at the end. The warm-up runs first, unreported, and a report waits until some test
+        window is scored. A run restored from a checkpoint continues where it stopped."""
+        if every < 1:
+            raise ValueError(f"report interval must be >= 1 (got {every})")
+        if self.phase is Phase.WARMUP:
+            self.advance(len(self.streams["warmup"]) - self.position)
+        while not self.done:
+            self.advance(every - self.test_windows_done % every)
+            if self.scores["test"].scored or self.done:
+                yield self.progress()
+
+    def test_window_mse(self, begin: int = 0) -> torch.Tensor:
+        """Per-window test MSE of the windows scored so far, from window ``begin`` on."""
+        return self.scores["test"].mse[begin : self.scores["test"].scored]
+
+    def advance(self, max_windows: int | None = None) -> None:
         """Process up to ``max_windows`` more windows (all that remain when ``None``)."""
         budget = math.inf if max_windows is None else max_windows
         while not self.done and budget > 0:
-            if self.phase == "test" and not self.learner.trainable and self.base is not None:
+            if self.phase is Phase.TEST and not self.learner.trainable and self.base is not None:
                 self._take_cached_forecasts()
                 break
-            starts = self.streams[self.phase]
+            starts = self.streams[self.phase.value]
             chunk = min(len(starts) - self.position, budget)
-            if self.phase == "test" and progress is not None:
-                chunk = min(chunk, progress_every - self.position % progress_every)
             self._stream(self.phase, self.position, self.position + int(chunk))
             budget -= chunk
-            if self.phase == "test" and progress is not None and (
-                self.position % progress_every == 0 or self.position == len(starts)
-            ):
-                progress(self.progress())
             if self.position == len(starts):
                 self._end_phase()
 
-    def _stream(self, phase: str, first: int, stop: int) -> None:
-        starts, scores = self.streams[phase], self.scores[phase]
+    def _stream(self, phase: Phase, first: int, stop: int) -> None:
+        starts, scores = self.streams[phase.value], self.scores[phase.value]
         learner, series = self.learner, self.series
         horizon, seq_len = series.horizon, series.seq_len
         began = time.perf_counter()
@@ -222,11 +241,11 @@ class OnlineRun:
                 learner.update(series, start - horizon)
             forecast = learner.predict(series, start)
             scores.add(j, forecast, series)
-            if phase == "test" and self.forecasts is not None:
+            if phase is Phase.TEST and self.forecasts is not None:
                 self.forecasts[j] = forecast
         self.seconds[phase] += time.perf_counter() - began
         self.position = stop
-        scores.check_finite("validation" if phase == "warmup" else "test")
+        scores.check_finite("validation" if phase is Phase.WARMUP else "test")
 
     def _take_cached_forecasts(self) -> None:
         """Nothing learns: every forecast is the cached one, scored in one vectorised pass."""
@@ -242,23 +261,23 @@ class OnlineRun:
         if self.forecasts is not None:
             self.forecasts.copy_(forecasts)
         self.position = len(starts)
-        self.phase = "done"
+        self.phase = Phase.DONE
 
     def _end_phase(self) -> None:
-        if self.phase == "warmup":
+        if self.phase is Phase.WARMUP:
             starts = self.streams["warmup"]
             self.series.reveal_until(starts[-1] + self.series.seq_len + self.series.horizon)
             self.scores["warmup"].finish(self.series)
             log.info("warm-up: %d validation windows in %.1f s", len(starts),
                      self.seconds["warmup"])
             self.learner.start_test()
-            self.phase, self.position = "test", 0
+            self.phase, self.position = Phase.TEST, 0
         else:
             starts = self.streams["test"]
             self.series.reveal_until(starts[-1] + self.series.seq_len + self.series.horizon)
             self.scores["test"].finish(self.series)
             self.scores["test"].check_finite("test")
-            self.phase = "done"
+            self.phase = Phase.DONE
 
     def progress(self) -> Progress:
         learner = self.learner
@@ -305,7 +324,7 @@ class OnlineRun:
         """Plain tensors, numbers and strings: loadable with ``torch.load(weights_only=True)``."""
         return {
             "format": _STATE_FORMAT,
-            "phase": self.phase,
+            "phase": self.phase.value,
             "position": self.position,
             "clock": self.series.clock,
             "seconds": dict(self.seconds),
@@ -318,7 +337,7 @@ class OnlineRun:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if state.get("format") != _STATE_FORMAT:
             raise ValueError(f"unknown online-run state format {state.get('format')!r}")
-        self.phase, self.position = state["phase"], int(state["position"])
+        self.phase, self.position = Phase(state["phase"]), int(state["position"])
         self.series.clock = int(state["clock"])
         self.seconds = dict(state["seconds"])
         self.learner.load_checkpoint_state(state["learner"])
@@ -333,6 +352,7 @@ def run_trial(
     cfg: TrialConfig,
     data: PreparedData,
     pretrained: Pretrained,
+    *,
     base: BaseForecasts | None = None,
     progress: ProgressFn | None = None,
     progress_every: int = 1000,
@@ -342,7 +362,9 @@ def run_trial(
     """Run warm-up (if on) and the test stream to the end; score every test window."""
     began = time.perf_counter()
     run = OnlineRun(cfg, data, pretrained, base, keep_forecasts=keep_forecasts, encoder=encoder)
-    run.advance(progress=progress, progress_every=progress_every)
+    for report in run.reports(progress_every):
+        if progress is not None:
+            progress(report)
     result = run.result()
     result.metrics["seconds_total"] = time.perf_counter() - began
     return result

@@ -26,7 +26,6 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-import ray.tune
 import yaml
 
 from analysis.loading import AnalysisError, load_trials
@@ -35,6 +34,7 @@ from analysis.rules import Rules, a2_gate, s3_pair, variant_table, verdicts
 from hmem.config import deep_merge
 from hmem.errors import ConfigError
 from hmem.spaces import SearchSpace, load_space
+from tune.ray_api import can_restore
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +71,7 @@ class Campaign:
     def run_stage(self, stage: str, variants: dict[str, dict], datasets: list[str],
                   seeds: list[int] | None = None) -> None:
         """Launch (or resume, or read back) one stage: these variants on these datasets."""
-        from tune.launcher import LaunchOptions
+        from tune.launcher import LaunchOptions  # noqa: PLC0415 (the launcher imports the trainable)
 
         if not variants or not datasets:
             return
@@ -85,7 +85,7 @@ class Campaign:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(yaml.safe_dump(sub.model_dump(mode="json"), sort_keys=False))
         experiment = self.folder / stage
-        done = experiment.exists() and ray.tune.Tuner.can_restore(str(experiment))
+        done = experiment.exists() and can_restore(str(experiment))
         self.decide(f"{stage}: {'resuming' if done else 'running'} {', '.join(variants)} on "
                     f"{', '.join(datasets)}, seeds {sub.seeds}")
         self.launcher(path, LaunchOptions(
