@@ -3,17 +3,12 @@ when there is nothing to draw), so the HTML report and the notebook draw the sam
 
 from __future__ import annotations
 
-import matplotlib
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")  # reports render headless; notebooks still display the returned figures
-
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
-
-from analysis.loading import load_losses  # noqa: E402
-from analysis.rules import backbone_regime  # noqa: E402
+from analysis.loading import load_losses
+from analysis.rules import backbone_regime
 
 
 def _datasets(frame: pd.DataFrame) -> list[str]:
@@ -26,7 +21,8 @@ def mse_per_variant(trials: pd.DataFrame) -> Figure | None:
     if valid.empty:
         return None
     datasets = _datasets(valid)
-    fig, axes = plt.subplots(len(datasets), 1, figsize=(11, 3.2 * len(datasets)), squeeze=False)
+    fig = Figure(figsize=(11, 3.2 * len(datasets)))
+    axes = fig.subplots(len(datasets), 1, squeeze=False)
     for ax, dataset in zip(axes[:, 0], datasets):
         rows = valid[valid["dataset"] == dataset]
         variants = list(dict.fromkeys(rows["variant"]))
@@ -57,7 +53,8 @@ def beta_sweep(trials: pd.DataFrame) -> Figure | None:
     if a1["cfg.snma.beta"].nunique() < 2:
         return None
     datasets = _datasets(a1)
-    fig, axes = plt.subplots(1, len(datasets), figsize=(4.5 * len(datasets), 3.2), squeeze=False)
+    fig = Figure(figsize=(4.5 * len(datasets), 3.2))
+    axes = fig.subplots(1, len(datasets), squeeze=False)
     for ax, dataset in zip(axes[0], datasets):
         rows = a1[a1["dataset"] == dataset]
         curve = rows.groupby("cfg.snma.beta")["mse"].agg(["mean", "min", "max"])
@@ -86,7 +83,8 @@ def rolling_mse(trials: pd.DataFrame, window: int | None = None,
     if valid.empty:
         return None
     datasets = _datasets(valid)
-    fig, axes = plt.subplots(len(datasets), 1, figsize=(11, 3.4 * len(datasets)), squeeze=False)
+    fig = Figure(figsize=(11, 3.4 * len(datasets)))
+    axes = fig.subplots(len(datasets), 1, squeeze=False)
     drawn, span = False, window
     for ax, dataset in zip(axes[:, 0], datasets):
         rows = valid[valid["dataset"] == dataset]
@@ -117,7 +115,8 @@ def gain_heatmap(variants: pd.DataFrame) -> Figure | None:
         return None
     grid = judged.pivot_table(index="variant", columns="dataset", values="gain", sort=False) * 100
     limit = float(np.nanmax(np.abs(grid.to_numpy()))) or 1.0
-    fig, ax = plt.subplots(figsize=(2.0 + 1.6 * grid.shape[1], 0.8 + 0.38 * grid.shape[0]))
+    fig = Figure(figsize=(2.0 + 1.6 * grid.shape[1], 0.8 + 0.38 * grid.shape[0]))
+    ax = fig.subplots()
     image = ax.imshow(grid.to_numpy(), cmap="RdYlGn", vmin=-limit, vmax=limit, aspect="auto")
     ax.set_xticks(range(grid.shape[1]), grid.columns)
     ax.set_yticks(range(grid.shape[0]), grid.index, fontsize=8)

@@ -415,7 +415,7 @@ def parse_set_overrides(assignments: list[str]) -> dict[str, Any]:
     """Turn ``["a.b=1", "c=true"]`` into ``{"a": {"b": 1}, "c": True}``; values are YAML scalars."""
     import yaml
 
-    tree: dict[str, Any] = {}
+    pairs: list[tuple[str, Any]] = []
     for item in assignments:
         key, sep, raw = item.partition("=")
         if not sep or not key or any(not part for part in key.split(".")):
@@ -424,11 +424,21 @@ def parse_set_overrides(assignments: list[str]) -> dict[str, Any]:
             value = yaml.safe_load(raw) if raw.strip() else None
         except yaml.YAMLError as err:
             raise ConfigError(f"--set {item!r}: the value is not valid YAML ({err})") from None
+        pairs.append((key, value))
+    return dotted_to_tree(pairs, what="--set")
+
+
+def dotted_to_tree(flat: dict[str, Any] | list[tuple[str, Any]], what: str = "key"
+                   ) -> dict[str, Any]:
+    """``{"online.lr": 1e-5}`` (or the same as pairs) -> ``{"online": {"lr": 1e-5}}``; a later
+    key wins, and a key below one that already holds a plain value is refused."""
+    tree: dict[str, Any] = {}
+    for key, value in flat.items() if isinstance(flat, dict) else flat:
         node = tree
         *parents, leaf = key.split(".")
         for part in parents:
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
-                raise ConfigError(f"--set {item!r}: {part} was already given a plain value")
+                raise ConfigError(f"{what} {key!r}: {part} was already given a plain value")
         node[leaf] = value
     return tree

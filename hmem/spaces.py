@@ -38,7 +38,13 @@ from pydantic import (
     model_validator,
 )
 
-from hmem.config import TrialConfig, build_trial_config, deep_merge, format_validation_error
+from hmem.config import (
+    TrialConfig,
+    build_trial_config,
+    deep_merge,
+    dotted_to_tree,
+    format_validation_error,
+)
 from hmem.data.loading import BUILTIN_FILES, SYNTHETIC
 from hmem.errors import ConfigError
 
@@ -272,18 +278,6 @@ class SearchSpace(_Strict):
                 for key, distribution in self.search.params.items():
                     for value in distribution.bounds():
                         self.trial_config(variant, dataset, overrides=dotted_to_tree({key: value}))
-
-
-def dotted_to_tree(flat: dict[str, Any]) -> dict[str, Any]:
-    """``{"online.lr": 1e-5}`` -> ``{"online": {"lr": 1e-5}}``."""
-    tree: dict[str, Any] = {}
-    for key, value in flat.items():
-        node = tree
-        *parents, leaf = key.split(".")
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[leaf] = value
-    return tree
 
 
 def _read(path: Path, chain: tuple[Path, ...] = ()) -> dict[str, Any]:

@@ -27,10 +27,10 @@ import torch
 from torch.utils.tensorboard import SummaryWriter
 
 from hmem.artefacts import backbone_key
-from hmem.config import TrialConfig, deep_merge
+from hmem.config import TrialConfig, deep_merge, dotted_to_tree
 from hmem.data.splits import prepare
 from hmem.online.runner import OnlineRun, Progress
-from hmem.spaces import Cell, SearchSpace, dotted_to_tree
+from hmem.spaces import Cell, SearchSpace
 from hmem.trial import TrialArtefacts, describe, write_results
 from tune.artefacts import unpack
 

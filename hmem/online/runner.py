@@ -302,7 +302,6 @@ class OnlineRun:
             "mae": float(test.mae.mean()),
             "rmse": math.sqrt(mse),
             "steps": steps,
-            "test_windows": steps,
             "warmup_steps": warmup_steps,
             "warmup_mse": self.scores["warmup"].running_mse() if warmup_steps else None,
             "seconds_online": self.seconds["test"],
