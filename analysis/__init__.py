@@ -1,5 +1,6 @@
 """Results of searches as pandas tables, the plan's rules as functions, and reports.
 
-It arrives with the analysis issue and reads the files every trial writes (``metrics.json``,
-``curve.csv``, ``config.json``) through Ray's own result loaders.
+Reads the files every trial writes (``metrics.json``, ``curve.csv``, ``config.json``; their
+schemas in :mod:`hmem.records`) and Ray's experiment state through :mod:`tune.ray_api`. It never
+starts Ray or launches work: :mod:`tune.campaign` does, and asks this package for verdicts.
 """

@@ -8,11 +8,20 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from analysis.loading import load_losses
-from analysis.rules import backbone_regime
+from hmem.directions import Direction
 
 
 def _datasets(frame: pd.DataFrame) -> list[str]:
     return list(dict.fromkeys(frame["dataset"]))
+
+
+def _controls(rows: pd.DataFrame, compared: pd.DataFrame | None = None):
+    """The control runs among ``rows``, one group per backbone regime (the regimes of
+    ``compared`` only, when given): every regime has its own control."""
+    controls = rows[rows["direction"] == Direction.CONTROL]
+    if compared is not None:
+        controls = controls[controls["backbone_regime"].isin(set(compared["backbone_regime"]))]
+    return list(controls.groupby("backbone_regime", sort=False))
 
 
 def mse_per_variant(trials: pd.DataFrame) -> Figure | None:
@@ -31,9 +40,9 @@ def mse_per_variant(trials: pd.DataFrame) -> Figure | None:
         for i, variant in enumerate(variants):
             values = rows.loc[rows["variant"] == variant, "mse"]
             ax.scatter(np.full(len(values), i), values, color="#222f3e", s=14, zorder=3)
-        control = rows[rows["variant"] == "p2p7p8"]["mse"]
-        if not control.empty:
-            ax.axhline(control.mean(), color="#ee5253", lw=1, ls="--", label="p2p7p8 (control)")
+        for (label, group), style in zip(_controls(rows), ("--", ":", "-.")):
+            ax.axhline(group["mse"].mean(), color="#ee5253", lw=1, ls=style,
+                       label=f"control, {label}")
         low, high = rows["mse"].min(), rows["mse"].max()
         ax.set_ylim(low - 0.1 * (high - low + 1e-9), high + 0.1 * (high - low + 1e-9))
         ax.set_xticks(range(len(variants)), variants, rotation=35, ha="right", fontsize=8)
@@ -49,7 +58,7 @@ def beta_sweep(trials: pd.DataFrame) -> Figure | None:
     if "cfg.snma.beta" not in trials:
         return None
     valid = trials[trials["valid"]]
-    a1 = valid[valid["direction"] == "A1"]
+    a1 = valid[valid["direction"] == Direction.A1]
     if a1["cfg.snma.beta"].nunique() < 2:
         return None
     datasets = _datasets(a1)
@@ -61,11 +70,10 @@ def beta_sweep(trials: pd.DataFrame) -> Figure | None:
         ax.plot(curve.index, curve["mean"], marker="o", color="#10ac84", label="A1 (mean)")
         ax.fill_between(curve.index, curve["min"], curve["max"], color="#10ac84", alpha=0.2,
                         label="seed range")
-        regimes = set(rows["regime"].map(backbone_regime))
-        control = valid[(valid["direction"] == "control") & (valid["dataset"] == dataset)
-                        & valid["regime"].map(backbone_regime).isin(regimes)]["mse"]
-        if not control.empty:
-            ax.axhline(control.mean(), color="#ee5253", ls="--", lw=1, label="control")
+        controls = valid[valid["dataset"] == dataset]
+        for (label, group), style in zip(_controls(controls, rows), ("--", ":", "-.")):
+            ax.axhline(group["mse"].mean(), color="#ee5253", ls=style, lw=1,
+                       label=f"control, {label}")
         ax.set_xlabel("beta")
         ax.set_ylabel("test MSE")
         ax.set_title(f"A1 beta sweep, {dataset}")
@@ -95,7 +103,7 @@ def rolling_mse(trials: pd.DataFrame, window: int | None = None,
                 continue
             span = window or max(10, min(2000, len(losses[0]) // 20))
             curve = pd.Series(np.mean(losses, axis=0)).rolling(span, min_periods=1).mean()
-            control = variant == "p2p7p8"
+            control = group["direction"].iloc[0] == Direction.CONTROL
             ax.plot(curve.index, curve.values, lw=2.2 if control else 0.9,
                     color="black" if control else None, alpha=1.0 if control else 0.75,
                     label=variant, zorder=3 if control else 2)
@@ -110,7 +118,7 @@ def rolling_mse(trials: pd.DataFrame, window: int | None = None,
 
 def gain_heatmap(variants: pd.DataFrame) -> Figure | None:
     """Mean paired gain (%) of every variant (rows) on every dataset (columns)."""
-    judged = variants[(variants["direction"] != "control") & variants["gain"].notna()]
+    judged = variants[(variants["direction"] != Direction.CONTROL) & variants["gain"].notna()]
     if judged.empty:
         return None
     grid = judged.pivot_table(index="variant", columns="dataset", values="gain", sort=False) * 100

@@ -26,18 +26,10 @@ import pandas as pd
 import pyarrow.fs
 
 from hmem.config import TrialConfig
+from hmem.directions import BackboneRegime, Direction
 from hmem.errors import HmemError
+from hmem.records import LAUNCH_RECORD, METRICS_FILE, LaunchRecord, RecordError, TrialMetrics
 from hmem.spaces import Cell, SearchSpace
-
-LAUNCH_RECORD = "hmem_launch.json"  # written by tune.launcher at launch
-
-#: Order of the plan's stages (plan section 5.2) and the stage each direction belongs to.
-STAGE_OF = {"baseline": "S0", "control": "S0", "A1": "S1", "A2": "S1", "B1": "S2", "B2": "S2",
-            "B3": "S2", "S3": "S3"}
-
-IDENTITY = ["experiment", "stage", "direction", "variant", "dataset", "seed", "regime",
-            "backbone_key", "backbone_online_lr", "status", "valid", "note"]
-METRICS = ["mse", "mae", "rmse", "steps", "ms_per_step", "wall_s", "warmup_mse"]
 
 
 class AnalysisError(HmemError):
@@ -68,11 +60,11 @@ def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
-def _space_of(record: dict[str, Any] | None) -> SearchSpace | None:
+def _space_of(record: LaunchRecord | None) -> SearchSpace | None:
     if record is None:
         return None
-    space = SearchSpace.model_validate(record["space"])
-    space._source = record.get("space_source", "launch record")
+    space = SearchSpace.model_validate(record.space)
+    space._source = record.space_source
     return space
 
 
@@ -87,9 +79,13 @@ def _experiment(location: str, index: int) -> list[dict[str, Any]]:
     except Exception as err:  # Ray raises ValueError / FileNotFoundError / its own TuneError
         raise AnalysisError(f"{location}: not a Ray Tune experiment folder ({err})") from None
     raw_record = _read_text(fs, f"{root}/{LAUNCH_RECORD}")
-    record = json.loads(raw_record) if raw_record else None
+    try:
+        record = (LaunchRecord.read(raw_record, f"{location}/{LAUNCH_RECORD}")
+                  if raw_record else None)
+    except RecordError as err:
+        raise AnalysisError(str(err)) from None
     space = _space_of(record)
-    overrides = (record or {}).get("overrides") or {}
+    overrides = record.overrides if record else {}
     where = {"name": Path(root).name, "location": location, "index": index,
              "order": list(space.variants) if space else []}
 
@@ -97,9 +93,14 @@ def _experiment(location: str, index: int) -> list[dict[str, Any]]:
     for trial in analysis.trials:
         cell = Cell(**trial.config["cell"])
         trial_root = trial.path  # a path inside the experiment's filesystem
-        metrics_text = _read_text(fs, f"{trial_root}/metrics.json")
+        metrics_text = _read_text(fs, f"{trial_root}/{METRICS_FILE}")
         config_text = _read_text(fs, f"{trial_root}/config.json")
-        metrics = json.loads(metrics_text) if metrics_text else {}
+        metrics, unreadable = None, ""
+        if metrics_text:
+            try:
+                metrics = TrialMetrics.read(metrics_text, f"{trial_root}/{METRICS_FILE}")
+            except RecordError as err:  # the trial keeps its row, invalid, with the reason
+                unreadable = str(err)
         if config_text:
             cfg = TrialConfig.model_validate(json.loads(config_text))
         elif space is not None:
@@ -107,7 +108,7 @@ def _experiment(location: str, index: int) -> list[dict[str, Any]]:
         else:
             cfg = None
         status = trial.status
-        mse = metrics.get("mse", math.nan)
+        mse = metrics.mse if metrics else math.nan
         note = ""
         if status in ("PENDING", "RUNNING"):
             # Ray saves a running trial as PENDING, so the state file cannot tell them apart.
@@ -115,8 +116,10 @@ def _experiment(location: str, index: int) -> list[dict[str, Any]]:
         elif status != "TERMINATED":
             note = f"trial {status.lower()}" + (f": {trial.error_file}" if status == "ERROR"
                                                  and getattr(trial, "error_file", None) else "")
-        elif not metrics:
-            note = "no metrics.json (stopped early or not synced)"
+        elif unreadable:
+            note = unreadable
+        elif metrics is None:
+            note = f"no {METRICS_FILE} (stopped early or not synced)"
         elif not math.isfinite(mse):
             note = f"non-finite mse ({mse})"
         rows.append(_row(where, cell, cfg, metrics, status, note, trial.trial_id, trial_root))
@@ -126,39 +129,44 @@ def _experiment(location: str, index: int) -> list[dict[str, Any]]:
         for cell in space.cells():
             if (cell.variant, cell.dataset, cell.seed) not in seen:
                 cfg = space.trial_config(cell.variant, cell.dataset, cell.seed, overrides)
-                rows.append(_row(where, cell, cfg, {}, "NOT_STARTED", "not started", None, None))
+                rows.append(_row(where, cell, cfg, None, "NOT_STARTED", "not started", None, None))
     return rows
 
 
-def _row(where: dict[str, Any], cell: Cell, cfg: TrialConfig | None, metrics: dict[str, Any],
-         status: str, note: str, trial_id: str | None, trial_path: str | None) -> dict[str, Any]:
+def _row(where: dict[str, Any], cell: Cell, cfg: TrialConfig | None,
+         metrics: TrialMetrics | None, status: str, note: str, trial_id: str | None,
+         trial_path: str | None) -> dict[str, Any]:
     order = where["order"]
-    direction = cfg.direction if cfg is not None else "unknown"
+    direction = cfg.direction if cfg is not None else (metrics.direction if metrics else None)
+    regime = cfg.backbone_regime if cfg is not None else (
+        BackboneRegime(metrics.backbone_frozen, metrics.backbone_online_lr) if metrics else None)
     row = {
         "experiment": where["name"],
         "experiment_path": where["location"],
         "experiment_index": where["index"],
         "variant_order": order.index(cell.variant) if cell.variant in order else len(order),
-        "stage": STAGE_OF.get(direction, "?"),
-        "direction": direction,
+        "stage": direction.stage if direction else "?",
+        "direction": direction.value if direction else "unknown",
+        "direction_order": direction.order if direction else len(Direction),
         "variant": cell.variant,
         "dataset": cell.dataset,
         "seed": cell.seed,
-        "regime": metrics.get("regime", cfg.regime if cfg else None),
-        "backbone_key": metrics.get("backbone_key"),
-        "backbone_online_lr": (cfg.online.lr * cfg.backbone.online_lr_scale
-                               if cfg else math.nan),
+        "regime": metrics.regime if metrics else (cfg.regime if cfg else None),
+        "backbone_frozen": regime.frozen if regime else None,
+        "backbone_online_lr": regime.online_lr if regime else math.nan,
+        "backbone_regime": regime.label if regime else None,
+        "backbone_key": metrics.backbone_key if metrics else None,
         "status": status,
         "valid": not note,
         "note": note,
-        "mse": metrics.get("mse", math.nan),
-        "mae": metrics.get("mae", math.nan),
-        "rmse": metrics.get("rmse", math.nan),
-        "steps": metrics.get("steps", math.nan),
-        "ms_per_step": metrics.get("ms_per_step", math.nan),
-        "wall_s": metrics.get("seconds_total", math.nan),
-        "warmup_mse": _number(metrics.get("warmup_mse")),
-        **{name: _number(value) for name, value in metrics.items() if name.startswith("acted/")},
+        "mse": metrics.mse if metrics else math.nan,
+        "mae": metrics.mae if metrics else math.nan,
+        "rmse": metrics.rmse if metrics else math.nan,
+        "steps": metrics.steps if metrics else math.nan,
+        "ms_per_step": metrics.ms_per_step if metrics else math.nan,
+        "wall_s": metrics.seconds_total if metrics else math.nan,
+        "warmup_mse": _number(metrics.warmup_mse) if metrics else math.nan,
+        **({name: _number(value) for name, value in metrics.acted.items()} if metrics else {}),
         "trial_id": trial_id,
         "trial_path": trial_path,
     }

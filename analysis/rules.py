@@ -49,10 +49,7 @@ from analysis.significance import (
     loss_difference_test,
     noise_floor,
 )
-
-#: Directions judged by the rules, in the plan's order.
-DIRECTIONS = ["control", "A1", "A2", "B1", "B2", "B3", "S3"]
-A_DIRECTIONS, B_DIRECTIONS = ("A1", "A2"), ("B1", "B2", "B3")
+from hmem.directions import BackboneRegime, Direction
 
 
 @dataclass(frozen=True)
@@ -78,12 +75,12 @@ class Acted:
 
 def _default_acted() -> dict[str, Acted]:
     return {
-        "A1": Acted("acted/a1_residual_ratio", at_least=0.05),
-        "A2": Acted("acted/a2_neighbours_changed", at_least=0.05),
-        "B1": Acted("acted/b1_neighbours_changed", at_least=0.05),
-        "B2": Acted("acted/b2_neighbours_changed", at_least=0.05),
+        Direction.A1: Acted("acted/a1_residual_ratio", at_least=0.05),
+        Direction.A2: Acted("acted/a2_neighbours_changed", at_least=0.05),
+        Direction.B1: Acted("acted/b1_neighbours_changed", at_least=0.05),
+        Direction.B2: Acted("acted/b2_neighbours_changed", at_least=0.05),
         # attention that ranks entries by age alone is a recency-weighted mean, not retrieval
-        "B3": Acted("acted/b3_recency_corr", at_most=0.95),
+        Direction.B3: Acted("acted/b3_recency_corr", at_most=0.95),
     }
 
 
@@ -100,11 +97,6 @@ class Rules:
         default_factory=lambda: {"ETTm1": 0.700, "Weather": 1.45})
     significance: float = 0.05  # p-value below which a difference counts as significant
     acted: dict[str, Acted] = field(default_factory=_default_acted)
-
-
-def backbone_regime(regime: str | None) -> str | None:
-    """``"backbone=online@1e-06 chrc=on"`` -> ``"backbone=online@1e-06"``."""
-    return regime.split(" ")[0] if isinstance(regime, str) else None
 
 
 CurveLoader = Callable[[str, str], "np.ndarray | None"]
@@ -128,7 +120,8 @@ def score_trials(trials: pd.DataFrame, rules: Rules = Rules(),
     """
     valid = trials[trials["valid"]].copy()
     valid["test_mse"] = valid["mse"]
-    valid["backbone_regime"] = valid["regime"].map(backbone_regime)
+    valid["backbone_regime"] = [BackboneRegime.label_of(frozen, lr) for frozen, lr
+                                in zip(valid["backbone_frozen"], valid["backbone_online_lr"])]
     warm = valid.get("cfg.online.warmup", pd.Series(True, index=valid.index)).fillna(True)
     select, report, how = [], [], []
     for row, warms in zip(valid.itertuples(), warm.astype(bool)):
@@ -162,7 +155,7 @@ def _scored_losses(row, rules: Rules, curves: CurveLoader) -> np.ndarray | None:
 # ----------------------------------------------------------------------------- pairing
 
 
-PAIR_KEY = ["dataset", "seed", "backbone_key", "backbone_online_lr"]
+PAIR_KEY = ["dataset", "seed", "backbone_key", "backbone_frozen", "backbone_online_lr"]
 
 
 def paired_gains(scored: pd.DataFrame) -> pd.DataFrame:
@@ -170,11 +163,11 @@ def paired_gains(scored: pd.DataFrame) -> pd.DataFrame:
 
     Controls pair with themselves (gain 0). A run without its control keeps NaN and says why.
     """
-    controls = scored[scored["direction"] == "control"]
+    controls = scored[scored["direction"] == Direction.CONTROL]
     control_mse = controls.groupby(PAIR_KEY, dropna=False)["mse"].mean().rename("control_mse")
     control_sel = (controls.groupby(PAIR_KEY, dropna=False)["select_mse"].mean()
                    .rename("control_select_mse"))
-    runs = scored[scored["direction"] != "baseline"].join(control_mse, on=PAIR_KEY)
+    runs = scored[scored["direction"] != Direction.BASELINE].join(control_mse, on=PAIR_KEY)
     runs = runs.join(control_sel, on=PAIR_KEY)
     runs["gain"] = (runs["control_mse"] - runs["mse"]) / runs["control_mse"]
     runs["select_gain"] = ((runs["control_select_mse"] - runs["select_mse"])
@@ -282,14 +275,15 @@ def variant_table(trials: pd.DataFrame, rules: Rules = Rules(),
     trials = trials.drop(index=repeated[repeated].index)
     scored = score_trials(trials, rules, curves)
     runs = paired_gains(scored)
-    baselines = scored[scored["direction"] == "baseline"]
+    baselines = scored[scored["direction"] == Direction.BASELINE]
     rows = []
     for (direction, variant, dataset), group in runs.groupby(
             ["direction", "variant", "dataset"], sort=False):
         group = group.sort_values("seed")
         seed_gains = group.set_index("seed")["gain"]
         keys = sorted(group["backbone_key"].astype(str).unique())
-        controls = scored[(scored["direction"] == "control") & (scored["dataset"] == dataset)
+        controls = scored[(scored["direction"] == Direction.CONTROL)
+                          & (scored["dataset"] == dataset)
                           & (scored["backbone_online_lr"] == group["backbone_online_lr"].iloc[0])
                           & scored["backbone_key"].isin(group["backbone_key"])]
         control_seeds = controls.drop_duplicates("seed")
@@ -329,7 +323,7 @@ def variant_table(trials: pd.DataFrame, rules: Rules = Rules(),
                               if not (math.isnan(row["gain"]) or math.isnan(row["noise_floor"]))
                               else None)
         row.update(_significance(group, controls, curves, rules)
-                   if direction != "control" and curves
+                   if direction != Direction.CONTROL and curves
                    else {"p_value": math.nan, "seed_p": "", "p_note": ""})
         rows.append(row)
     table = pd.DataFrame(rows)
@@ -399,14 +393,14 @@ def verdicts(variants: pd.DataFrame, rules: Rules = Rules()) -> pd.DataFrame:
     rows = []
     # each control (one per backbone regime, e.g. p2p7p8 and p2p7p8_frozen) is its own row:
     # they are the references of different regimes, not alternatives to choose between
-    judged_as = variants["variant"].where(variants["direction"] == "control", "")
+    judged_as = variants["variant"].where(variants["direction"] == Direction.CONTROL, "")
     for (direction, dataset, _), group in variants.groupby(
             [variants["direction"], variants["dataset"], judged_as], sort=False):
         group = group.sort_values("order", kind="stable")
         judged = group[group["gain"].notna()]
         inert = frozenset(group.loc[group["inert"], "variant"])
         pair = (ineffective(list(zip(group["variant"], group["gain"])), rules, inert)
-                if direction != "control" else None)  # the control gains 0 by definition
+                if direction != Direction.CONTROL else None)  # the control gains 0 by definition
         row = {"direction": direction, "dataset": dataset, "experiments": len(group),
                "ineffective": pair is not None,
                "ineffective_pair": " -> ".join(pair) if pair else "",
@@ -448,21 +442,25 @@ def verdicts(variants: pd.DataFrame, rules: Rules = Rules()) -> pd.DataFrame:
             "acted": float(best["acted"]), "acted_rule": best["acted_rule"],
             "inert": bool(group["inert"].all()),
         })
-        if direction == "control":  # judged against baselines only
+        if direction == Direction.CONTROL:  # judged against baselines only
             row.update({"reproduced": None, "reproductions": "", "success": None})
         row["verdict"] = _verdict_text(row, rules, direction)
         row["notes"] = "; ".join(notes)
         rows.append(row)
     table = pd.DataFrame(rows)
-    order = {d: i for i, d in enumerate(DIRECTIONS)}
-    table["_o"] = table["direction"].map(lambda d: order.get(d, len(order)))
+    table["_o"] = table["direction"].map(_direction_order)
     return table.sort_values(["_o", "dataset"], kind="stable").drop(columns="_o").reset_index(
         drop=True)
 
 
+def _direction_order(label: str) -> int:
+    """Plan 5.2's order; a label this version does not know sorts last."""
+    return Direction(label).order if label in Direction._value2member_map_ else len(Direction)
+
+
 def _verdict_text(row: dict, rules: Rules, direction: str) -> str:
     pct = rules.min_gain * 100
-    if direction == "control":
+    if direction == Direction.CONTROL:
         base = row["gain_vs_baseline"]
         if math.isnan(base):
             return "control (no CHRC-free baseline to compare with)"
@@ -509,7 +507,7 @@ class Gate:
 def a2_gate(verdict_table: pd.DataFrame, dataset: str, rules: Rules = Rules()) -> Gate:
     """Plan 5.2: A2 is worth running only if A1 showed a gain on this dataset. An inert A1 is
     no evidence either way, so it leaves the gate open."""
-    a1 = verdict_table[(verdict_table["direction"] == "A1")
+    a1 = verdict_table[(verdict_table["direction"] == Direction.A1)
                        & (verdict_table["dataset"] == dataset)]
     if a1.empty or math.isnan(a1["gain"].iloc[0]):
         return Gate(False, f"A1 has no judged run on {dataset}")
@@ -530,8 +528,8 @@ def s3_pair(variant_rows: pd.DataFrame, dataset: str, rules: Rules = Rules()) ->
     """Plan 5.2 / S3: the best A variant and the best B variant (each chosen on validation
     MSE among the variants that gained)."""
     chosen, missing = [], []
-    for family, directions in (("A", A_DIRECTIONS), ("B", B_DIRECTIONS)):
-        rows = variant_rows[variant_rows["direction"].isin(directions)
+    for family in ("A", "B"):
+        rows = variant_rows[variant_rows["direction"].isin(Direction.in_family(family))
                             & (variant_rows["dataset"] == dataset)
                             & (variant_rows["gain"] >= rules.min_gain)]
         if rows.empty:

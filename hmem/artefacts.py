@@ -31,7 +31,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from hmem.backbones import build_backbone
+from hmem.backbones import load_backbone
 from hmem.backbones.pretrain import pretrain_backbone
 from hmem.config import TrialConfig
 from hmem.data.loading import file_sha256
@@ -155,12 +155,10 @@ def load_or_pretrain(
 ) -> Pretrained:
     key = backbone_key(cfg, data)
     directory = resolve_cache_dir(cache_dir) / "backbones" / key
-    model = build_backbone(cfg.backbone, data.seq_len, data.horizon)
     entry = load_entry(directory, "weights.pt")
     if entry is not None:
         state, meta = entry
-        model.load_state_dict(state)
-        model.eval()
+        model = load_backbone(cfg.backbone, data.seq_len, data.horizon, state)
         log.info("backbone %s: loaded from cache %s (pretrained in %.1f s)", key, directory,
                  meta["pretrain_seconds"])
         return Pretrained(key, directory, model, meta, loaded_from_cache=True)

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 import time
 from pathlib import Path
@@ -244,15 +243,20 @@ def _cmd_data_fetch(args: argparse.Namespace) -> int:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
+    import torch
+
     from hmem.spaces import Cell, load_space
-    from hmem.trial import run_trial_and_save
+    from hmem.trial import TrialArtefacts, run_trial_and_save, write_config
 
     space = load_space(args.space)
     cfg = space.trial_config(args.variant, args.dataset, args.seed, _overrides(args))
     cell = Cell(args.variant, args.dataset, cfg.seed)
     out = Path(args.out or Path("results") / "runs" / space.name / cell.label())
-    result = run_trial_and_save(cfg, space.name, cell, out, data_dir=args.data_dir,
-                                cache_dir=args.cache_dir, progress=_log_progress,
+    write_config(out, cfg)
+    torch.set_num_threads(cfg.runtime.pretrain_thread_count)
+    artefacts = TrialArtefacts.load_or_build(cfg, args.data_dir, args.cache_dir)
+    torch.set_num_threads(cfg.runtime.threads)
+    result = run_trial_and_save(cfg, space.name, cell, out, artefacts, progress=_log_progress,
                                 progress_every=args.progress_every,
                                 save_forecasts=args.save_forecasts)
     m = result.metrics
@@ -277,7 +281,7 @@ def _cmd_pretrain(args: argparse.Namespace) -> int:
         overrides.setdefault("pretrain", {})["seed"] = args.seed
     variant = args.variant or next(iter(space.variants))
     cfg = space.trial_config(variant, args.dataset, None, overrides)
-    torch.set_num_threads(cfg.runtime.pretrain_threads or os.cpu_count() or 1)
+    torch.set_num_threads(cfg.runtime.pretrain_thread_count)
     started = time.perf_counter()
     artefacts = TrialArtefacts.load_or_build(cfg, args.data_dir, args.cache_dir,
                                              base_forecasts=True)
@@ -311,7 +315,7 @@ def _cmd_pretrain_encoder(args: argparse.Namespace) -> int:
         raise ConfigError(f"{space.source}: no variant{' ' + args.variant if args.variant else ''}"
                           f" has chrc.contrastive.enabled: true; there is nothing to pretrain")
     cfg = chosen[0]
-    torch.set_num_threads(cfg.runtime.pretrain_threads or os.cpu_count() or 1)
+    torch.set_num_threads(cfg.runtime.pretrain_thread_count)
     artefacts = TrialArtefacts.load_or_build(cfg, args.data_dir, args.cache_dir,
                                              base_forecasts=False)
     pretrained, encoder = artefacts.pretrained, artefacts.encoder

@@ -12,10 +12,12 @@ same optimiser step); see ``../shared/docs/hmem-reference.md`` section 3.
 
 from __future__ import annotations
 
+import os
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from hmem.directions import BackboneRegime, Direction
 from hmem.errors import ConfigError
 
 
@@ -302,6 +304,10 @@ class RuntimeConfig(_Config):
         "instead of running it every step (same numbers, much faster)"
     )
 
+    @property
+    def pretrain_thread_count(self) -> int:
+        return self.pretrain_threads or os.cpu_count() or 1
+
 
 class TrialConfig(_Config):
     """Everything one run of ``hmem run`` depends on; logged in full with its results."""
@@ -337,36 +343,21 @@ class TrialConfig(_Config):
         return self.backbone.frozen_online and self.runtime.base_cache
 
     @property
+    def backbone_regime(self) -> BackboneRegime:
+        """Frozen, or learning online at which rate: runs are only ever paired within one."""
+        return BackboneRegime.of(self)
+
+    @property
     def regime(self) -> str:
-        """Which regime the numbers come from, e.g. ``backbone=frozen chrc=on``."""
-        if self.backbone.frozen_online:
-            backbone = "frozen"
-        else:
-            backbone = f"online@{self.online.lr * self.backbone.online_lr_scale:g}"
-        regime = f"backbone={backbone} chrc={'on' if self.chrc.enabled else 'off'}"
+        """A human-readable label of the regime, e.g. ``backbone=frozen chrc=on`` (for logs and
+        tables; code compares :attr:`backbone_regime` and :attr:`direction`)."""
+        regime = f"{self.backbone_regime.label} chrc={'on' if self.chrc.enabled else 'off'}"
         return regime + (" snma=on" if self.snma.enabled else "")
 
     @property
-    def direction(self) -> str:
-        """Which direction of the plan this trial tests, read off its switches.
-
-        ``baseline`` (CHRC off), ``control`` (CHRC with no direction switched on), ``A1``
-        (SNMA-Light), ``A2`` (A1 with the enhanced query), ``B1`` (learned similarity), ``B2``
-        (contrastive encoder), ``B3`` (attention retrieval), or ``S3`` when an A and a B are
-        combined. Derived, never declared, so a label cannot disagree with what ran.
-        """
-        if not self.chrc.enabled:
-            return "baseline"
-        a = ("A2" if self.snma.enhance_query else "A1") if self.snma.enabled else None
-        retrieval = self.chrc.retrieval
-        b = [name for name, on in (("B1", retrieval.similarity != "cosine"),
-                                   ("B2", self.chrc.contrastive.enabled),
-                                   ("B3", retrieval.mode == "attention")) if on]
-        if a and b:
-            return "S3"
-        if len(b) > 1:
-            return "+".join(b)
-        return a or (b[0] if b else "control")
+    def direction(self) -> Direction:
+        """Which direction of the plan this trial tests (:meth:`Direction.of`)."""
+        return Direction.of(self)
 
 
 # --------------------------------------------------------------------------- building

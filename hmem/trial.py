@@ -25,7 +25,6 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import torch
 
 from hmem.artefacts import (
     BaseForecasts,
@@ -36,6 +35,7 @@ from hmem.artefacts import (
 from hmem.config import TrialConfig
 from hmem.data.splits import PreparedData, prepare
 from hmem.online.runner import OnlineRun, ProgressFn, RunResult, resolve_device, run_trial
+from hmem.records import METRICS_FILE, TrialMetrics
 from hmem.spaces import Cell
 from hmem.variants.contrastive import PretrainedEncoder, load_or_pretrain_encoder
 
@@ -105,12 +105,17 @@ def describe(
     }
 
 
-def write_results(out: Path, cfg: TrialConfig, data: PreparedData, result: RunResult) -> None:
-    """``config.json``, ``metrics.json``, ``curve.csv`` (and ``forecasts.npz`` when the result
-    kept them) of a finished trial."""
+def write_config(out: Path, cfg: TrialConfig) -> None:
+    """``config.json``, written before any work, so even a failed trial says what it ran."""
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.json").write_text(json.dumps(cfg.model_dump(), indent=2))
-    (out / "metrics.json").write_text(json.dumps(result.metrics, indent=2))
+
+
+def write_results(out: Path, cfg: TrialConfig, data: PreparedData, result: RunResult) -> None:
+    """``config.json``, ``metrics.json`` (:class:`hmem.records.TrialMetrics`), ``curve.csv``
+    (and ``forecasts.npz`` when the result kept them) of a finished trial."""
+    write_config(out, cfg)
+    (out / METRICS_FILE).write_text(TrialMetrics.new(result.metrics).to_json())
     starts = data.segments["test"].window_starts(data.seq_len, data.horizon)[: len(result.curve)]
     if result.forecasts is not None:  # plain arrays: np.load(..., allow_pickle=False) reads them
         np.savez_compressed(out / "forecasts.npz", start_row=np.asarray(starts, dtype=np.int64),
@@ -131,20 +136,16 @@ def run_trial_and_save(
     space: str,
     cell: Cell,
     out_dir: str | os.PathLike,
+    artefacts: TrialArtefacts,
     *,
-    data_dir: str | None = None,
-    cache_dir: str | None = None,
     progress: ProgressFn | None = None,
     progress_every: int = 1000,
     save_forecasts: bool = False,
 ) -> RunResult:
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "config.json").write_text(json.dumps(cfg.model_dump(), indent=2))  # before any work
+    """Stream the trial on ``artefacts`` and write its results folder.
 
-    torch.set_num_threads(cfg.runtime.pretrain_threads or os.cpu_count() or 1)
-    artefacts = TrialArtefacts.load_or_build(cfg, data_dir, cache_dir)
-    torch.set_num_threads(cfg.runtime.threads)
+    Sets no process-wide state: the caller (``hmem run``) chooses torch's thread count."""
+    out = Path(out_dir)
     result = run_trial(cfg, artefacts.data, artefacts.pretrained, base=artefacts.base,
                        progress=progress, progress_every=progress_every,
                        keep_forecasts=save_forecasts,

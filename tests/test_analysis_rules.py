@@ -37,6 +37,7 @@ def trial(variant, direction, seed, mse, dataset="ETTm1", regime=ONLINE, key="k1
     return {"experiment": f"e{experiment}", "experiment_path": "/x", "experiment_index":
             experiment, "variant_order": order, "direction": direction, "variant": variant,
             "dataset": dataset, "seed": seed, "regime": f"{regime} chrc=on",
+            "backbone_frozen": regime == FROZEN,
             "backbone_online_lr": 0.0 if regime == FROZEN else 1e-6,
             "backbone_key": key, "status": "TERMINATED" if valid else "ERROR",
             "valid": valid, "note": "" if valid else "trial error", "mse": mse,

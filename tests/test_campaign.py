@@ -163,10 +163,21 @@ def test_failed_and_nan_trials_are_listed_and_never_counted(campaign, tmp_path):
     nan_metrics["mse"] = float("nan")
     (trial_dirs[0] / "metrics.json").write_text(json.dumps(nan_metrics))
     (trial_dirs[1] / "metrics.json").unlink()
+    newer = json.loads((trial_dirs[2] / "metrics.json").read_text())
+    (trial_dirs[2] / "metrics.json").write_text(json.dumps({**newer, "schema_version": 99}))
+    broken = json.loads((trial_dirs[3] / "metrics.json").read_text())
+    del broken["steps"]
+    (trial_dirs[3] / "metrics.json").write_text(json.dumps(broken))
     trials = load_trials([copy])
     invalid = trials[~trials["valid"]].set_index("trial_path")["note"]
     assert invalid[str(trial_dirs[0])] == "non-finite mse (nan)"
     assert invalid[str(trial_dirs[1])].startswith("no metrics.json")
+    # an unreadable file costs its own row only, and says which file and what is wrong
+    assert invalid[str(trial_dirs[2])] == (
+        f"{trial_dirs[2]}/metrics.json: schema_version 99 comes from a newer hmem-tune (this one "
+        "reads up to 1): upgrade to read it")
+    assert invalid[str(trial_dirs[3])].startswith(f"{trial_dirs[3]}/metrics.json")
+    assert "steps" in invalid[str(trial_dirs[3])]
     out = tmp_path / "r.md"
     done = subprocess.run([sys.executable, "-m", "hmem.cli", "report", str(copy), "--out",
                            str(out)], cwd=REPO, capture_output=True, text=True, timeout=300)

@@ -10,6 +10,8 @@ import pandas as pd
 import pytest
 
 from hmem.cli import main
+from hmem.directions import Direction
+from hmem.records import TrialMetrics
 
 CONTROL = "search_spaces/control.yaml"
 FAST = ["--set", "data.max_val_windows=40", "--set", "data.max_test_windows=120",
@@ -29,6 +31,11 @@ def test_run_on_synthetic_writes_metrics_curve_and_config(tmp_path, cache_dir, c
     for key in ("mse", "mae", "rmse", "steps", "seconds_total", "ms_per_step", "regime",
                 "backbone_key", "pretrain_seconds"):
         assert key in metrics
+    # the file is the versioned record the analysis reads, and reads back as written
+    record = TrialMetrics.read((out / "metrics.json").read_text(), "metrics.json")
+    assert metrics["schema_version"] == TrialMetrics.SCHEMA_VERSION
+    assert record.direction is Direction.CONTROL and record.acted == {}
+    assert json.loads(record.to_json()) == metrics
     assert metrics["steps"] == 120 and metrics["seed"] == 2 and metrics["variant"] == "p2p7p8"
     assert metrics["rmse"] == pytest.approx(metrics["mse"] ** 0.5)
     curve = pd.read_csv(out / "curve.csv")

@@ -3,9 +3,12 @@ key, before anything runs."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from hmem.config import TrialConfig, build_trial_config, parse_set_overrides
+from hmem.directions import BackboneRegime, Direction
 from hmem.errors import ConfigError
 from hmem.spaces import load_space
 
@@ -99,3 +102,24 @@ def test_space_errors_name_file_and_key(tmp_path):
     with pytest.raises(ConfigError, match="dataset 'ETTm1' is not in this space's datasets"):
         loaded.trial_config("a", "ETTm1")
     assert loaded.trial_config("a", "my/file.csv").data.dataset == "my/file.csv"
+
+
+def test_directions_are_read_off_the_switches_with_the_plans_stage_family_and_order():
+    plan = load_space("search_spaces/plan.yaml")
+    direction = {v: plan.trial_config(v, "ETTm1").direction for v in plan.variants}
+    assert direction["online_slow"] is Direction.BASELINE and not Direction.BASELINE.judged
+    assert direction["p2p7p8"] is direction["p2p7p8_frozen"] is Direction.CONTROL
+    assert {direction[v] for v in ("a1_base", "a1_beta0.2", "a2", "b1_mlp", "b3", "b2",
+                                   "a1_b3")} == {Direction.A1, Direction.A2, Direction.B1,
+                                                 Direction.B3, Direction.B2, Direction.S3}
+    assert [d.stage for d in Direction] == ["S0", "S0", "S1", "S1", "S2", "S2", "S2", "S3"]
+    assert Direction.in_family("A") == (Direction.A1, Direction.A2)
+    assert Direction.in_family("B") == (Direction.B1, Direction.B3, Direction.B2)  # plan 5.2
+    assert sorted(Direction, key=lambda d: d.order)[-1] is Direction.S3
+    # any two mechanisms together are a combination, including two retrieval changes
+    two_b = plan.trial_config("b2", "ETTm1", overrides={"chrc": {"retrieval": {
+        "similarity": "bilinear"}}})
+    assert two_b.direction is Direction.S3
+    # labels stay plain strings in metrics.json and the trials table
+    assert json.dumps({"d": Direction.A1}) == '{"d": "A1"}' and Direction.A1 == "A1"
+    assert plan.trial_config("b3_frozen", "ETTm1").backbone_regime == BackboneRegime(True, 0.0)

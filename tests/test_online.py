@@ -178,3 +178,26 @@ def test_a_run_saved_at_any_window_continues_with_identical_numbers(tiny, cache_
     assert torch.equal(got.forecasts, expected.forecasts)
     assert got.metrics["mse"] == expected.metrics["mse"]
     assert got.metrics["mean_gate"] == expected.metrics["mean_gate"]
+
+
+def test_library_calls_leave_the_callers_random_state_and_threads_alone(tiny, tmp_path):
+    """Pretraining, building a learner and a whole trial seed their own weights but hand the
+    process back as they found it (a notebook's or another trial's random stream, its threads).
+    Only the entry points (``hmem`` commands, Ray workers) set process-wide state."""
+    from hmem.spaces import Cell
+    from hmem.trial import TrialArtefacts, run_trial_and_save
+
+    cfg = tiny({"snma": {"enabled": True}})  # draws for the bank, the probe and SNMA
+    torch.manual_seed(1234)
+    threads = torch.get_num_threads()
+    state = torch.get_rng_state()
+    artefacts = TrialArtefacts.load_or_build(cfg, cache_dir=tmp_path / "fresh-cache")
+    assert not artefacts.pretrained.loaded_from_cache  # pretraining ran (with dropout) here
+    result = run_trial_and_save(cfg, "tiny", Cell("a1", "synthetic", 0), tmp_path / "out",
+                                artefacts)
+    assert torch.equal(torch.get_rng_state(), state)
+    assert torch.get_num_threads() == threads
+    # and the numbers do not depend on the caller's random state
+    torch.manual_seed(99)
+    again = run_trial(cfg, artefacts.data, artefacts.pretrained)
+    assert torch.equal(again.curve, result.curve)

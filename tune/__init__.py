@@ -1,5 +1,6 @@
-"""The Ray Tune service around :mod:`hmem`: trainable, launcher and shared artefacts.
+"""The Ray Tune service around :mod:`hmem`: the trainable, the launcher, the artefacts every
+trial of a search shares, the staged campaign and job submission.
 
-The only package that imports Ray. It arrives with the tune issue; until then a trial runs
-in-process with ``hmem run``, whose results folder this package will produce for every trial.
+The only package that imports Ray, and its version-specific calls go through
+:mod:`tune.ray_api`. Each trial writes the same results folder as ``hmem run``.
 """

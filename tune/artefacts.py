@@ -22,7 +22,7 @@ import ray
 import torch
 
 from hmem.artefacts import BaseForecasts, Pretrained, backbone_key
-from hmem.backbones import build_backbone
+from hmem.backbones import load_backbone
 from hmem.config import TrialConfig
 from hmem.data.splits import PreparedData, prepare
 from hmem.trial import TrialArtefacts
@@ -119,10 +119,10 @@ def ship_backbones(
 def unpack(shipped: dict[str, Any], cfg: TrialConfig, data: PreparedData) -> TrialArtefacts:
     """A trial's view of shipped artefacts: the model, the base forecasts and the B2 encoder it
     uses, when there are any."""
-    model = build_backbone(cfg.backbone, data.seq_len, data.horizon)
     with warnings.catch_warnings():  # object-store arrays are read-only; nothing writes to them
         warnings.simplefilter("ignore", UserWarning)
-        model.load_state_dict({k: torch.from_numpy(v) for k, v in shipped["state"].items()})
+        model = load_backbone(cfg.backbone, data.seq_len, data.horizon,
+                              {k: torch.from_numpy(v) for k, v in shipped["state"].items()})
         base = None
         if "base_forecasts" in shipped:
             base = BaseForecasts(shipped["base_first_start"],
@@ -134,7 +134,6 @@ def unpack(shipped: dict[str, Any], cfg: TrialConfig, data: PreparedData) -> Tri
             encoder = PretrainedEncoder(
                 key, {k: torch.from_numpy(v) for k, v in entry["state"].items()}, entry["meta"],
                 loaded_from_cache=True)
-    model.eval()
     pretrained = Pretrained(shipped["key"], None, model, shipped["meta"],
                             loaded_from_cache=shipped["loaded_from_cache"])
     return TrialArtefacts(data, pretrained, base, encoder)

@@ -32,14 +32,15 @@ from analysis.loading import AnalysisError, load_trials
 from analysis.report import write_report
 from analysis.rules import Rules, a2_gate, s3_pair, variant_table, verdicts
 from hmem.config import deep_merge
+from hmem.directions import BackboneRegime, Direction
 from hmem.errors import ConfigError
 from hmem.spaces import SearchSpace, load_space
 from tune.ray_api import can_restore
 
 log = logging.getLogger(__name__)
 
-#: Directions expanded stage by stage, in the plan's order (A2 and S3 are gated).
-SEQUENCE = ["A1", "A2", "B1", "B3", "B2"]
+#: Directions expanded stage by stage, in plan 5.2's order (A2 and S3 are gated).
+SEQUENCE = [d for d in Direction if d.family is not None]
 
 
 @dataclass(frozen=True)
@@ -113,10 +114,10 @@ class Campaign:
 
     # ------------------------------------------------------------------ the plan
 
-    def by_direction(self) -> dict[str, list[str]]:
+    def by_direction(self) -> dict[Direction, list[str]]:
         """Variant names of the space per direction, in declared order."""
         first = next(iter(self.space.datasets))
-        groups: dict[str, list[str]] = {}
+        groups: dict[Direction, list[str]] = {}
         for name in self.space.variants:
             direction = self.space.trial_config(name, first).direction
             groups.setdefault(direction, []).append(name)
@@ -125,7 +126,7 @@ class Campaign:
     def pick(self, names: list[str]) -> dict[str, dict]:
         return {name: self.space.variants[name] for name in names}
 
-    def expand(self, direction: str, names: list[str], datasets: list[str]) -> None:
+    def expand(self, direction: Direction, names: list[str], datasets: list[str]) -> None:
         """The first experiments of a direction (as many as it takes to judge it ineffective),
         then the rest on the datasets where it is not ineffective."""
         run = self.options.rules.ineffective_run
@@ -145,7 +146,8 @@ class Campaign:
                 open_on.append(dataset)
         self.run_stage(f"{direction}-rest", self.pick(rest), open_on)
 
-    def reproduce(self, direction: str, controls: dict[str, list[str]]) -> None:
+    def reproduce(self, direction: Direction,
+                  controls: dict[BackboneRegime, list[str]]) -> None:
         """Extra seeds for a best variant that gained but is not reproduced yet."""
         _, table = self.judge()
         rules = self.options.rules
@@ -162,27 +164,28 @@ class Campaign:
             self.run_stage(f"{direction}-repro-{row.dataset}",
                            {**self.pick(control), **self.pick([best])}, [row.dataset], seeds)
 
-    def _regime_of(self, variant: str) -> str:
+    def _regime_of(self, variant: str) -> BackboneRegime:
         first = next(iter(self.space.datasets))
-        return self.space.trial_config(variant, first).regime.split(" ")[0]
+        return self.space.trial_config(variant, first).backbone_regime
 
     def run(self) -> Path:
         groups = self.by_direction()
         datasets = list(self.space.datasets)
-        controls: dict[str, list[str]] = {}
-        for name in groups.get("control", []):
+        controls: dict[BackboneRegime, list[str]] = {}
+        for name in groups.get(Direction.CONTROL, []):
             controls.setdefault(self._regime_of(name), []).append(name)
         if not controls:
             raise ConfigError(f"{self.space.source}: a campaign needs a control variant (CHRC "
                               "on, no direction switched on), e.g. p2p7p8")
-        self.run_stage("S0", self.pick(groups.get("baseline", []) + groups["control"]), datasets)
+        self.run_stage("S0", self.pick(groups.get(Direction.BASELINE, [])
+                                       + groups[Direction.CONTROL]), datasets)
 
         for direction in SEQUENCE:
             names = groups.get(direction, [])
             if not names:
                 continue
             active = datasets
-            if direction == "A2":
+            if direction is Direction.A2:
                 _, table = self.judge()
                 active = []
                 for dataset in datasets:

@@ -16,7 +16,6 @@ unfinished ones continue from their last checkpoint, with the search space saved
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import time
@@ -35,6 +34,7 @@ from hmem.artefacts import resolve_cache_dir
 from hmem.config import TrialConfig
 from hmem.data.loading import resolve_data_dir
 from hmem.errors import ConfigError, HmemError
+from hmem.records import LAUNCH_RECORD, LaunchRecord
 from hmem.spaces import Cell, Distribution, SearchSpace, load_space
 from tune.artefacts import BackbonePlan, plan_backbones, ship_backbones
 from tune.ray_api import can_restore, connect, new_tuner, pretrain_cpus, restore_tuner
@@ -42,7 +42,6 @@ from tune.trainable import TrialContext, hmem_trainable
 
 log = logging.getLogger(__name__)
 
-LAUNCH_RECORD = "hmem_launch.json"  # the space and options as launched, for --resume
 DEFAULT_STORAGE = "results/tune"
 
 
@@ -191,20 +190,20 @@ def _run_config(space: SearchSpace, storage: str, name: str) -> ray.tune.RunConf
     )
 
 
-def _write_record(exp_path: str, record: dict[str, Any]) -> None:
+def _write_record(exp_path: str, record: LaunchRecord) -> None:
     fs, path = pyarrow.fs.FileSystem.from_uri(exp_path)
     fs.create_dir(path, recursive=True)
     with fs.open_output_stream(f"{path}/{LAUNCH_RECORD}") as out:
-        out.write(json.dumps(record, indent=2).encode())
+        out.write(record.to_json().encode())
 
 
-def _read_record(exp_path: str) -> dict[str, Any] | None:
+def _read_record(exp_path: str) -> LaunchRecord | None:
     fs, path = pyarrow.fs.FileSystem.from_uri(exp_path)
     target = f"{path}/{LAUNCH_RECORD}"
     if fs.get_file_info(target).type == pyarrow.fs.FileType.NotFound:
         return None
     with fs.open_input_stream(target) as handle:
-        return json.loads(handle.read().decode())
+        return LaunchRecord.read(handle.read().decode(), f"{exp_path}/{LAUNCH_RECORD}")
 
 
 # ----------------------------------------------------------------------------- launch
@@ -229,11 +228,11 @@ def launch(space_path: str | os.PathLike, options: LaunchOptions) -> LaunchRepor
         record = _read_record(exp_path) if Path(exp_path).exists() or "://" in exp_path else None
         if record is None or not can_restore(exp_path):
             raise HmemError(f"nothing to resume at {exp_path}: launch it first (without --resume)")
-        space = SearchSpace.model_validate(record["space"])
-        space._source = record["space_source"]
+        space = SearchSpace.model_validate(record.space)
+        space._source = record.space_source
         if options.data_dir is None:
-            data_dir = record["data_dir"]
-        overrides = record["overrides"]
+            data_dir = record.data_dir
+        overrides = record.overrides
         log.info("resuming %s with the search space saved at launch", exp_path)
 
     configs = trial_configs(space, overrides)
@@ -257,8 +256,9 @@ def launch(space_path: str | os.PathLike, options: LaunchOptions) -> LaunchRepor
     if options.resume:
         tuner = restore_tuner(exp_path, trainable)
     else:
-        _write_record(exp_path, {"space": space.model_dump(), "space_source": space.source,
-                                 "data_dir": data_dir, "overrides": overrides})
+        _write_record(exp_path, LaunchRecord.new({
+            "space": space.model_dump(), "space_source": space.source, "data_dir": data_dir,
+            "overrides": overrides}))
         tuner = new_tuner(trainable, _param_space(space), _tune_config(space),
                           _run_config(space, storage, name))
     results = tuner.fit()

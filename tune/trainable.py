@@ -11,7 +11,6 @@ gave it, if any (``runtime.device: auto``), through the same code path as the CP
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -31,7 +30,7 @@ from hmem.config import TrialConfig, deep_merge, dotted_to_tree
 from hmem.data.splits import prepare
 from hmem.online.runner import OnlineRun, Progress
 from hmem.spaces import Cell, SearchSpace
-from hmem.trial import TrialArtefacts, describe, write_results
+from hmem.trial import TrialArtefacts, describe, write_config, write_results
 from tune.artefacts import unpack
 
 log = logging.getLogger(__name__)
@@ -109,7 +108,7 @@ def _set_up(params: dict[str, Any], context: TrialContext):
     cfg = space.trial_config(cell.variant, cell.dataset, cell.seed,
                              deep_merge(context.overrides, sampled))
     out = Path.cwd()
-    (out / "config.json").write_text(json.dumps(cfg.model_dump(), indent=2))  # before any work
+    write_config(out, cfg)
     data = prepare(cfg.data, context.data_dir)
     ref = context.backbones.get(backbone_key(cfg, data))
     if ref is not None:
@@ -119,7 +118,7 @@ def _set_up(params: dict[str, Any], context: TrialContext):
                     cell.label())
         artefacts = TrialArtefacts.load_or_build(cfg, cache_dir=context.cache_dir, data=data)
         source = "trial"
-    torch.set_num_threads(cfg.runtime.threads)
+    torch.set_num_threads(cfg.runtime.threads)  # the worker process is this trial's own
     return _Trial(space, cell, cfg, artefacts, source, out)
 
 

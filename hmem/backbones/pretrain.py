@@ -20,6 +20,7 @@ from hmem.config import TrialConfig
 from hmem.data.splits import PreparedData
 from hmem.data.windows import WindowBatcher
 from hmem.errors import NumericalError
+from hmem.seeding import seeded
 
 log = logging.getLogger(__name__)
 
@@ -54,8 +55,14 @@ def evaluate_mse(model: nn.Module, batcher: WindowBatcher, starts: torch.Tensor)
 
 
 def pretrain_backbone(cfg: TrialConfig, data: PreparedData) -> tuple[nn.Module, PretrainReport]:
+    """Train on the train split; keep the weights of the epoch with the best validation MSE.
+    Initial weights and dropout draw from ``pretrain.seed`` (the caller's random state is kept)."""
+    with seeded(cfg.pretrain.seed):
+        return _pretrain(cfg, data)
+
+
+def _pretrain(cfg: TrialConfig, data: PreparedData) -> tuple[nn.Module, PretrainReport]:
     p = cfg.pretrain
-    torch.manual_seed(p.seed)
     model = build_backbone(cfg.backbone, data.seq_len, data.horizon)
     optimiser = torch.optim.Adam(model.parameters(), lr=p.lr)
     batcher = WindowBatcher(data)

@@ -34,6 +34,7 @@ from hmem.config import TrialConfig
 from hmem.online.flat import flatten_parameters
 from hmem.online.probe import MechanismProbe
 from hmem.online.stream import RevealedSeries
+from hmem.seeding import seeded
 from hmem.variants.snma import SNMALight
 
 
@@ -87,18 +88,19 @@ class OnlineLearner(nn.Module):
         self.cfg = cfg
         self.trains_backbone = not cfg.backbone.frozen_online
         self.backbone = backbone.eval().requires_grad_(self.trains_backbone).to(device)
-        torch.manual_seed(cfg.seed)
-        self.bank = CHRCBank(cfg.chrc, n_vars, horizon).to(device) if cfg.chrc.enabled else None
-        self.probe = MechanismProbe(cfg, self.bank, cfg.snma.enabled).to(device)
+        if cfg.uses_pretrained_encoder and encoder is None:
+            raise ValueError("chrc.contrastive is on: pass the pretrained encoder "
+                             "(hmem.variants.contrastive.load_or_pretrain_encoder)")
+        with seeded(cfg.seed):  # initial weights: bank, probe, SNMA, in this order
+            self.bank = (CHRCBank(cfg.chrc, n_vars, horizon).to(device) if cfg.chrc.enabled
+                         else None)
+            self.probe = MechanismProbe(cfg, self.bank, cfg.snma.enabled).to(device)
+            self.snma = (
+                SNMALight(cfg.snma, n_vars, horizon, cfg.chrc.feature_dim).to(device)
+                if cfg.snma.enabled else None
+            )
         if cfg.uses_pretrained_encoder:
-            if encoder is None:
-                raise ValueError("chrc.contrastive is on: pass the pretrained encoder "
-                                 "(hmem.variants.contrastive.load_or_pretrain_encoder)")
             self.bank.load_frozen_encoder(encoder)
-        self.snma = (
-            SNMALight(cfg.snma, n_vars, horizon, cfg.chrc.feature_dim).to(device)
-            if cfg.snma.enabled else None
-        )
         # Sum of applied gates over corrected forecasts (a diagnostic for TensorBoard).
         self.register_buffer("gate_sum", torch.zeros((), device=device))
         self.corrected = 0  # forecasts that had a correction

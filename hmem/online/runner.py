@@ -330,7 +330,6 @@ class OnlineRun:
             "learner": self.learner.checkpoint_state(),
             "scores": {name: s.state_dict() for name, s in self.scores.items()},
             "forecasts": self.forecasts,
-            "rng": torch.get_rng_state(),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -344,7 +343,6 @@ class OnlineRun:
             scores.load_state_dict(state["scores"][name])
         if self.forecasts is not None and state["forecasts"] is not None:
             self.forecasts.copy_(state["forecasts"])
-        torch.set_rng_state(state["rng"])
 
 
 def run_trial(

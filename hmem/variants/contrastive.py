@@ -33,6 +33,7 @@ from hmem.chrc import POGTEncoder, pogt_length
 from hmem.config import TrialConfig
 from hmem.data.splits import PreparedData
 from hmem.data.windows import WindowBatcher
+from hmem.seeding import seeded
 
 log = logging.getLogger(__name__)
 
@@ -99,8 +100,8 @@ def pretrain_encoder(cfg: TrialConfig, data: PreparedData, backbone: Pretrained
     pogt = data.values.unfold(0, rows, 1)  # [T - P + 1, C, P]; window s ends at row s + L
     anchors_pogt = pogt[starts + data.seq_len - rows].transpose(1, 2)  # [N, P, C]
 
-    torch.manual_seed(c.seed)
-    encoder = build_encoder(cfg, data)
+    with seeded(c.seed):  # the encoder has no dropout: only its initial weights are random
+        encoder = build_encoder(cfg, data)
     optimiser = torch.optim.Adam(encoder.parameters(), lr=c.lr)
     order = torch.Generator().manual_seed(c.seed)
     history = []
