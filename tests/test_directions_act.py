@@ -142,6 +142,16 @@ def test_b1_soft_retrieval_passes_a_gradient_to_every_shortlisted_entry():
     assert module.similarity.weight.grad.abs().sum() > 0
 
 
+def test_b1_soft_retrieval_changes_a_runs_forecasts_against_hard_top_k(tiny, run_online):
+    def b1(soft):
+        layer = {"chrc": {"retrieval": {"similarity": "bilinear", "soft": soft, "shortlist": 12}}}
+        return run_online(tiny(layer))[0]
+
+    hard, soft = b1(False), b1(True)
+    assert not torch.equal(hard.forecasts, soft.forecasts)
+    assert soft.metrics["mse"] != hard.metrics["mse"]
+
+
 def test_b3_temperature_lets_content_outweigh_recency():
     memory = _memory(40)
     query = memory.keys[0].clone()  # the oldest entry is the best match
