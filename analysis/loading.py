@@ -166,6 +166,7 @@ def _row(where: dict[str, Any], cell: Cell, cfg: TrialConfig | None,
         "ms_per_step": metrics.ms_per_step if metrics else math.nan,
         "wall_s": metrics.seconds_total if metrics else math.nan,
         "warmup_mse": _number(metrics.warmup_mse) if metrics else math.nan,
+        **_stopped(metrics),
         **({name: _number(value) for name, value in metrics.acted.items()} if metrics else {}),
         "trial_id": trial_id,
         "trial_path": trial_path,
@@ -173,6 +174,16 @@ def _row(where: dict[str, Any], cell: Cell, cfg: TrialConfig | None,
     if cfg is not None:
         row.update({f"cfg.{k}": v for k, v in flatten(cfg.model_dump()).items()})
     return row
+
+
+def _stopped(metrics: TrialMetrics | None) -> dict[str, Any]:
+    """``stopped`` and where futility stopping ended the trial (NaN when it ran to the end)."""
+    early = metrics.stopped_early if metrics else None
+    return {"stopped": early is not None,
+            "stopped_window": early.window if early else math.nan,
+            "stopped_of": early.of if early else math.nan,
+            "stopped_gain": early.gain if early else math.nan,
+            "stopped_bound": early.bound if early else math.nan}
 
 
 def _number(value: Any) -> float:

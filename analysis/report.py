@@ -30,7 +30,7 @@ VERDICT_COLUMNS = ["direction", "dataset", "best_variant", "selected_on", "selec
                    "success", "verdict", "notes"]
 VARIANT_COLUMNS = ["direction", "variant", "dataset", "backbone_regime", "select_mse",
                    "seed_mse", "mse", "seed_gains", "gain", "acted", "inert", "gain_vs_baseline",
-                   "p_value", "seed_p", "noise_floor", "ms_per_step", "pair_note"]
+                   "p_value", "seed_p", "noise_floor", "ms_per_step", "stopped", "pair_note"]
 PERCENT = ("gain", "gain_vs_baseline", "noise_floor")
 
 

@@ -123,22 +123,26 @@ def score_trials(trials: pd.DataFrame, rules: Rules = Rules(),
     valid["backbone_regime"] = [BackboneRegime.label_of(frozen, lr) for frozen, lr
                                 in zip(valid["backbone_frozen"], valid["backbone_online_lr"])]
     warm = valid.get("cfg.online.warmup", pd.Series(True, index=valid.index)).fillna(True)
+    if "stopped" not in valid:
+        valid["stopped"] = False
     select, report, how = [], [], []
     for row, warms in zip(valid.itertuples(), warm.astype(bool)):
+        # a trial stopped for futility has scores over part of the stream only: its MSE is not
+        # comparable and is not reported; it counts through the gain it had when stopped
         if warms:
             select.append(row.warmup_mse if "warmup_mse" in valid else math.nan)
-            report.append(row.mse)
+            report.append(math.nan if row.stopped else row.mse)
             how.append("warm-up")
             continue
         curve = curves(row.trial_path, row.experiment_path) if curves else None
         how.append(f"first {100 * rules.selection_share:g}% of test")
         if curve is None or len(curve) < 2:
             select.append(math.nan)
-            report.append(row.mse)
+            report.append(math.nan if row.stopped else row.mse)
             continue
-        cut = selection_cut(len(curve), rules)
+        cut = selection_cut(int(row.stopped_of) if row.stopped else len(curve), rules)
         select.append(float(curve[:cut].mean()))
-        report.append(float(curve[cut:].mean()))
+        report.append(math.nan if row.stopped else float(curve[cut:].mean()))
     valid["select_mse"], valid["mse"], valid["selected_on"] = select, report, how
     return valid
 
@@ -170,6 +174,10 @@ def paired_gains(scored: pd.DataFrame) -> pd.DataFrame:
     runs = scored[scored["direction"] != Direction.BASELINE].join(control_mse, on=PAIR_KEY)
     runs = runs.join(control_sel, on=PAIR_KEY)
     runs["gain"] = (runs["control_mse"] - runs["mse"]) / runs["control_mse"]
+    # stopped for futility: the gain over the windows it ran (it is below min_gain's bound)
+    stopped = runs["stopped"].astype(bool) & runs["control_mse"].notna()
+    if stopped.any():
+        runs.loc[stopped, "gain"] = runs.loc[stopped, "stopped_gain"]
     runs["select_gain"] = ((runs["control_select_mse"] - runs["select_mse"])
                            / runs["control_select_mse"])
     runs["pair_note"] = [
@@ -316,6 +324,7 @@ def variant_table(trials: pd.DataFrame, rules: Rules = Rules(),
             "control_seeds": len(control_seeds),
             "noise_floor": noise_floor(control_seeds["mse"]),
             "ms_per_step": float(group["ms_per_step"].mean()),
+            "stopped": _stopped_text(group),
         }
         row.update(_acted(direction, group, rules))
         # a difference either way that the control's own seed spread could explain
@@ -331,6 +340,18 @@ def variant_table(trials: pd.DataFrame, rules: Rules = Rules(),
         raise AnalysisError("no valid non-baseline run to judge (every trial failed, or the "
                             "experiments hold baselines only)")
     return table.sort_values("order", kind="stable").reset_index(drop=True)
+
+
+def _stopped_text(group: pd.DataFrame) -> str:
+    """Where futility stopping ended the variant's runs, e.g. ``stopped at 10777 of 43105
+    windows, gain -0.02%, bound +0.31%`` (per seed when several were stopped)."""
+    stopped = group[group["stopped"]]
+    parts = [f"stopped at {int(r.stopped_window)} of {int(r.stopped_of)} windows, gain "
+             f"{100 * r.stopped_gain:+.2f}%, bound {100 * r.stopped_bound:+.2f}%"
+             for r in stopped.itertuples()]
+    if len(group) > 1 and parts:
+        parts = [f"seed {int(r.seed)} {p}" for r, p in zip(stopped.itertuples(), parts)]
+    return "; ".join(parts)
 
 
 def _acted(direction: str, group: pd.DataFrame, rules: Rules) -> dict:
@@ -362,6 +383,9 @@ def _significance(group: pd.DataFrame, controls: pd.DataFrame, curves: CurveLoad
     tests, notes = [], []
     for row in group.drop_duplicates("seed").itertuples():
         if row.seed not in by_seed:
+            continue
+        if row.stopped:
+            notes.append(f"seed {row.seed}: stopped early, not tested")
             continue
         mine = _scored_losses(row, rules, curves)
         theirs = _scored_losses(by_seed[row.seed], rules, curves)
@@ -440,7 +464,7 @@ def verdicts(variants: pd.DataFrame, rules: Rules = Rules()) -> pd.DataFrame:
             "noise_floor": float(best["noise_floor"]), "below_noise": best["below_noise"],
             "p_value": float(best["p_value"]), "success": best["success"],
             "acted": float(best["acted"]), "acted_rule": best["acted_rule"],
-            "inert": bool(group["inert"].all()),
+            "inert": bool(group["inert"].all()), "stopped": best["stopped"],
         })
         if direction == Direction.CONTROL:  # judged against baselines only
             row.update({"reproduced": None, "reproductions": "", "success": None})
@@ -480,6 +504,8 @@ def _verdict_text(row: dict, rules: Rules, direction: str) -> str:
     elif row["gain"] >= rules.min_gain:
         parts.append(f"needs reproduction ({row['reproductions']} reproduction seeds beat the "
                      f"control by >= {pct:g}%)")
+    elif row.get("stopped"):
+        parts.append(f"ineffective ({row['stopped']})")
     elif row["gain"] < 0 and row["p_value"] < rules.significance:
         parts.append(f"worse than the control ({100 * row['gain']:+.2f}%, "
                      f"p = {row['p_value']:.2g})")

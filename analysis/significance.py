@@ -118,3 +118,57 @@ def noise_floor(control_mse) -> float:
     if values.size < MIN_NOISE_SEEDS:
         return math.nan
     return float(values.std(ddof=1) / values.mean())
+
+
+# ----------------------------------------------------------------------------- futility
+
+
+def spent_alpha(share: float, alpha: float) -> float:
+    """Type-I error spent by the time ``share`` of the stream is seen: the Lan-DeMets spending
+    function of Pocock type, ``alpha * ln(1 + (e - 1) * share)`` (``alpha`` at the end).
+
+    Pocock-type spending gives the early looks a usable share of ``alpha`` (O'Brien-Fleming-type
+    spending keeps almost all of it for the end), which is what stopping early needs. Each look
+    is tested at its increment, so whatever the dependence between looks, the chance that any
+    look stops a variant that deserved to run on is at most ``alpha`` (a union bound).
+    """
+    if not 0.0 <= share <= 1.0:
+        raise ValueError(f"share must be in [0, 1] (got {share})")
+    return alpha * math.log1p((math.e - 1.0) * share)
+
+
+@dataclass(frozen=True)
+class GainBound:
+    windows: int  # windows seen
+    total: int  # windows of the whole stream
+    gain: float  # (control - variant) / control over the windows seen
+    bound: float  # upper prediction bound of the gain over the whole stream
+
+
+def final_gain_bound(control, variant, control_total: float, total: int, level: float,
+                     horizon: int, batches: int = BATCHES) -> GainBound:
+    """Upper bound, at one-sided ``level``, of a variant's gain over its control on the whole
+    stream, from the first ``len(variant)`` windows.
+
+    The windows seen count as they are. The sum of the loss differential over the windows still
+    to come is predicted from the batch means of the seen differential (the test of
+    :func:`loss_difference_test`, t with ``batches - 1`` degrees of freedom), with the spread of
+    its mean and of the windows to come both in the prediction: for ``n`` of ``N`` windows seen
+    the future sum is ``(N - n) * mean`` with standard error ``se * sqrt(N * (N - n))`` where
+    ``se`` is the batch-means standard error of the mean. The gain's denominator is the
+    control's loss over the whole stream, ``control_total``, known because the control has run.
+    """
+    c, v = _aligned(control, variant)
+    n = c.size
+    if not 0 < n <= total:
+        raise ValueError(f"{n} windows seen of a stream of {total}")
+    if n < 2 * horizon * batches:
+        raise ValueError(f"{n} windows are too few to bound the gain with {batches} blocks at "
+                         f"horizon {horizon} (need at least {2 * horizon * batches})")
+    d = c - v
+    means = batch_means(d, batches)
+    se = float(means.std(ddof=1)) / math.sqrt(batches)
+    quantile = float(stats.t.ppf(1.0 - level, batches - 1))
+    seen = float(d.sum())
+    predicted = (total - n) * float(d.mean()) + quantile * se * math.sqrt(total * (total - n))
+    return GainBound(n, total, seen / float(c.sum()), (seen + predicted) / control_total)

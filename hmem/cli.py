@@ -127,6 +127,21 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     report.set_defaults(handler=_cmd_report)
 
+    replay = commands.add_parser(
+        "replay-stopping", help="replay futility stopping over finished experiments: where it "
+        "would have stopped each variant, and whether any verdict would change")
+    replay.add_argument("experiments", nargs="+", metavar="EXP_DIR",
+                        help="experiment folders holding the variants and their controls")
+    replay.add_argument("--min-share", type=float, default=0.25,
+                        help="no look before this share of the stream (default: %(default)s)")
+    replay.add_argument("--look-every", type=float, default=0.05,
+                        help="then one look per this share (default: %(default)s)")
+    replay.add_argument("--alpha", type=float, default=0.05,
+                        help="spent over all looks (default: %(default)s)")
+    _rule_options(replay)
+    replay.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    replay.set_defaults(handler=_cmd_replay_stopping)
+
     campaign = commands.add_parser(
         "campaign", help="run the plan's stages in order on Ray, the rules deciding between them")
     campaign.add_argument("space", help="search space holding every stage's variants, e.g. "
@@ -144,6 +159,9 @@ def build_parser() -> argparse.ArgumentParser:
     campaign.add_argument("--cache-dir", default=None, help="pretrained-artefact cache")
     campaign.add_argument("--extra-seeds", type=int, default=2,
                           help="seeds added to a best variant that needs reproduction")
+    campaign.add_argument("--no-stopping", action="store_true",
+                          help="run every variant to the end (default: futility stopping "
+                          "against S0's controls, see the space's stopping section)")
     _rule_options(campaign)
     campaign.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     campaign.set_defaults(handler=_cmd_campaign)
@@ -382,6 +400,41 @@ def _cmd_tune_token(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_replay_stopping(args: argparse.Namespace) -> int:
+    from analysis.futility import FutilityRule, replay_experiments
+
+    rules = _rules(args)
+    rule = FutilityRule(rules.min_gain, args.min_share, args.look_every, args.alpha)
+    runs, changes = replay_experiments(args.experiments, rule, rules)
+    if runs.empty:
+        print("no finished variant run with a finished control of the same dataset, seed and "
+              "backbone: nothing to replay")
+        return 0
+    shown = runs.assign(
+        stopped_at=[f"{int(s)}/{w}" if s == s else "runs on" for s, w
+                    in zip(runs["stopped_at"], runs["windows"])],
+        **{c: [f"{100 * v:+.3f}%" if v == v else "" for v in runs[c]]
+           for c in ("gain_at_stop", "bound", "final_gain")},
+        saved=[f"{100 * v:.0f}%" for v in runs["saved"]])
+    print(shown[["variant", "dataset", "seed", "stopped_at", "gain_at_stop", "bound",
+                 "final_gain", "saved"]].to_string(index=False))
+    stopped = runs["stopped_at"].notna()
+    wrong = stopped & (runs["final_gain"] >= rule.min_gain)
+    saved = float((runs["saved"] * runs["windows"]).sum() / runs["windows"].sum())
+    print(f"\n{int(stopped.sum())} of {len(runs)} variant runs stopped, "
+          f"{int(wrong.sum())} of them wrongly (whole-stream gain >= "
+          f"{100 * rule.min_gain:g}%); {100 * saved:.1f}% of these runs' test windows saved")
+    differ = changes[changes["differs"]]
+    above = stopped & (runs["final_gain"] > runs["bound"])
+    print(f"the whole-stream gain ended above the bound in {int(above.sum())} of "
+          f"{int(stopped.sum())} stopped runs (the bound predicts the windows to come from those "
+          f"seen; a variant that keeps learning drifts past it)")
+    print(f"verdicts: {len(differ)} of {len(changes)} would change")
+    if not differ.empty:
+        print(differ.to_string(index=False))
+    return 0
+
+
 def _cmd_report(args: argparse.Namespace) -> int:
     from analysis.report import display_table, write_report
 
@@ -399,6 +452,7 @@ def _cmd_campaign(args: argparse.Namespace) -> int:
     options = CampaignOptions(address=args.address, storage=args.storage, name=args.name,
                               resume=args.resume, data_dir=args.data_dir,
                               cache_dir=args.cache_dir, extra_seeds=args.extra_seeds,
+                              stopping=not args.no_stopping,
                               rules=_rules(args))
     print(f"report: {run_campaign(args.space, options)}")
     return 0

@@ -68,6 +68,21 @@ class _Record(BaseModel):
         return json.dumps(self.model_dump(), indent=2)  # NaN stays NaN, as json.loads reads it
 
 
+class StoppedEarly(BaseModel):
+    """Where futility stopping (:mod:`analysis.futility`) ended a trial, and why: after
+    ``window`` of ``of`` test windows its gain over the control was ``gain`` and the upper
+    bound of its whole-stream gain ``bound`` (at one-sided ``level``, look ``look``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    window: int
+    of: int
+    gain: float
+    bound: float
+    level: float
+    look: int
+
+
 class TrialMetrics(_Record):
     """``metrics.json``: a trial's scores and timings (from the online run), its identity and
     regime (:func:`hmem.trial.describe`), and where it ran."""
@@ -114,6 +129,8 @@ class TrialMetrics(_Record):
     # where it ran (a search's trials only)
     backbone_source: str | None = None
     node: str | None = None
+    # a trial ended by futility stopping: its scores cover the windows it ran only
+    stopped_early: StoppedEarly | None = None
 
     @model_validator(mode="before")
     @classmethod

@@ -119,6 +119,29 @@ class SchedulerConfig(_Strict):
     max_t: int = Field(1000, ge=1)
 
 
+class StoppingConfig(_Strict):
+    """Futility stopping (``analysis.futility``; on by default in ``hmem campaign``): a variant
+    whose control has already run (same dataset, seed and backbone, in ``controls``) is stopped
+    once the upper bound on its whole-stream gain over that control is below ``min_gain``."""
+
+    enabled: bool = False
+    controls: list[str] = Field(
+        default_factory=list, description="experiment folders holding the finished control "
+        "runs to compare with (the campaign passes its S0 stage)")
+    min_gain: float = Field(0.005, gt=0, description="the plan's 0.5 %")
+    min_share: float = Field(0.25, gt=0, lt=1, description="no look before this share")
+    look_every: float = Field(0.05, gt=0, lt=1, description="then one look per this share")
+    alpha: float = Field(0.05, gt=0, lt=0.5, description="chance, over all looks, of stopping "
+                         "a variant whose whole-stream gain reaches min_gain")
+
+    @model_validator(mode="after")
+    def _has_controls(self) -> StoppingConfig:
+        if self.enabled and not self.controls:
+            raise ValueError("stopping.enabled needs stopping.controls: the experiment folders "
+                             "whose finished control runs the variants are compared with")
+        return self
+
+
 class Resources(_Strict):
     cpu: float = Field(1.0, gt=0)
     gpu: float = Field(0.0, ge=0, description="a fraction shares one GPU between trials")
@@ -150,6 +173,7 @@ class SearchSpace(_Strict):
     )
     search: SearchConfig = SearchConfig()
     scheduler: SchedulerConfig | None = None
+    stopping: StoppingConfig = StoppingConfig()
     resources: Resources = Resources()
     max_concurrent: int | None = Field(None, ge=1)
     report_every: int = Field(1000, ge=1, description="test windows between Tune reports")

@@ -19,6 +19,7 @@ import pytest
 import ray
 
 from analysis.loading import load_trials
+from hmem.spaces import load_space
 from tune.campaign import CampaignOptions, run_campaign
 from tune.launcher import launch
 
@@ -65,7 +66,10 @@ def campaign(tmp_path_factory, cache_dir):
     root = tmp_path_factory.mktemp("campaign")
     space = root / "tinyplan.yaml"
     space.write_text(SPACE)
-    options = CampaignOptions(storage=str(root / "out"), cache_dir=str(cache_dir))
+    # every window runs here (the rules' arithmetic below is exact); futility stopping in a
+    # campaign: test_gates_open_and_a_single_seed_gets_reproduced
+    options = CampaignOptions(storage=str(root / "out"), cache_dir=str(cache_dir),
+                              stopping=False)
     calls = []
 
     def stop_after_first_stage(path, launch_options):
@@ -82,7 +86,7 @@ def campaign(tmp_path_factory, cache_dir):
         with pytest.raises(Exception, match="already holds a campaign"):
             run_campaign(space, options)
         report = run_campaign(space, CampaignOptions(
-            storage=str(root / "out"), cache_dir=str(cache_dir), resume=True))
+            storage=str(root / "out"), cache_dir=str(cache_dir), resume=True, stopping=False))
     finally:
         ray.shutdown()
     return {"folder": folder, "report": report, "first_s0": first_s0, "space": space}
@@ -236,3 +240,10 @@ def test_gates_open_and_a_single_seed_gets_reproduced(tmp_path, cache_dir):
     assert "a2" in set(trials["variant"])
     combined = trials[trials["direction"] == "S3"]["variant"]
     assert len(combined) == 1 and combined.iloc[0].startswith("s3_a")
+    # futility stopping is on by default: the directions' stages compare with S0's controls
+    # (at the campaign's min_gain, so nothing stops here), S0 and reproductions run every window
+    stages = {p.stem: load_space(p).stopping for p in (folder / "stages").glob("*.yaml")}
+    assert stages["A1-first"].enabled and stages["A1-first"].controls == [str(folder / "S0")]
+    assert stages["A1-first"].min_gain == -1.0
+    assert not stages["S0"].enabled and not stages["A1-repro-synthetic"].enabled
+    assert not trials["stopped"].any()

@@ -26,7 +26,7 @@ from hmem.artefacts import load_or_pretrain
 from hmem.data import prepare
 from hmem.online import run_trial
 from hmem.spaces import Cell, load_space
-from tune.launcher import LaunchOptions, launch
+from tune.launcher import LaunchOptions, Selection, launch
 
 REPO = Path(__file__).resolve().parents[1]
 HMEM = [sys.executable, "-m", "hmem.cli"]
@@ -261,3 +261,42 @@ checkpoint_every: 400
         config = json.loads((folder / "config.json").read_text())
         assert config["online"]["lr"] == sampled[label]["online.lr"]
         assert config["chrc"]["retrieval"]["top_k"] == sampled[label]["chrc.retrieval.top_k"]
+
+
+# ----------------------------------------------------------------------------- futility
+
+
+def test_futility_stopping_ends_a_variant_that_cannot_gain_and_records_where(
+        tmp_path, cache_dir, ray_shutdown):
+    """A1 with beta 0 forecasts exactly as its control: with stopping on, the stopper ends it at
+    the first look, its metrics.json says where and why, and the verdict reads it."""
+    from analysis.rules import variant_table, verdicts
+    from hmem.records import TrialMetrics
+
+    body = SMALL + "variants:\n  p2p7p8: {}\n  a1_zero: {snma: {enabled: true, beta: 0.0}}\n" \
+                   "seeds: [0]\nreport_every: 100\ncheckpoint_every: 500\n"
+    storage = str(tmp_path / "out")
+    control = launch(_space(tmp_path, "ctl", body), LaunchOptions(
+        storage=storage, cache_dir=str(cache_dir), selection=Selection(variants=["p2p7p8"])))
+    stopping = (f"stopping: {{enabled: true, controls: [{control.experiment_path}]}}\n")
+    variant = launch(_space(tmp_path, "var", body + stopping), LaunchOptions(
+        storage=storage, cache_dir=str(cache_dir), selection=Selection(variants=["a1_zero"])))
+    assert variant.errored == 0
+    folder = next(iter(_trials(Path(variant.experiment_path)).values()))
+    metrics = TrialMetrics.read((folder / "metrics.json").read_text(), "metrics.json")
+    stop = metrics.stopped_early
+    assert stop is not None and stop.look == 0 and abs(stop.gain) < 1e-6 and stop.bound < 0.005
+    assert stop.window == -(-stop.of // 4) and metrics.steps < stop.of  # ended at 25 %
+    last = _results(folder)[-1]
+    assert last["futility/stop"] is True and last["windows"] == metrics.steps
+    curve = pd.read_csv(folder / "curve.csv")
+    assert stop.window <= len(curve) < stop.of
+
+    trials = load_trials([control.experiment_path, variant.experiment_path])
+    row = trials.set_index("variant").loc["a1_zero"]
+    assert row["stopped"] and row["valid"] and row["stopped_window"] == stop.window
+    table = variant_table(trials)
+    judged = verdicts(table).set_index("direction").loc["A1"]
+    assert judged["verdict"].startswith(f"ineffective (stopped at {stop.window} of {stop.of} "
+                                        "windows, gain ")
+    assert judged["gain"] == stop.gain and pd.isna(judged["mse"])  # a part-stream MSE: not shown

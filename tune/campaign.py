@@ -52,6 +52,7 @@ class CampaignOptions:
     data_dir: str | None = None
     cache_dir: str | None = None
     extra_seeds: int = 2  # seeds added to a best variant that needs reproduction
+    stopping: bool = True  # futility stopping of the directions' stages against S0's controls
     rules: Rules = field(default_factory=Rules)
 
 
@@ -70,8 +71,12 @@ class Campaign:
     # ------------------------------------------------------------------ running stages
 
     def run_stage(self, stage: str, variants: dict[str, dict], datasets: list[str],
-                  seeds: list[int] | None = None) -> None:
-        """Launch (or resume, or read back) one stage: these variants on these datasets."""
+                  seeds: list[int] | None = None, futility: bool = True) -> None:
+        """Launch (or resume, or read back) one stage: these variants on these datasets.
+
+        With ``futility`` (and ``options.stopping``), its variants are stopped for futility
+        against the controls of S0, which ran first; S0 itself and reproduction stages (whose
+        controls run beside the variant, on new seeds) run every window."""
         from tune.launcher import LaunchOptions  # noqa: PLC0415 (the launcher imports the trainable)
 
         if not variants or not datasets:
@@ -81,6 +86,10 @@ class Campaign:
             "variants": variants,
             "datasets": {d: self.space.datasets[d] for d in datasets},
             "seeds": seeds or self.space.seeds,
+            "stopping": self.space.stopping.model_copy(update={
+                "enabled": True, "controls": [str(self.folder / "S0")],
+                "min_gain": self.options.rules.min_gain})
+            if futility and self.options.stopping and stage != "S0" else self.space.stopping,
         })
         path = self.folder / "stages" / f"{stage}.yaml"
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -162,7 +171,8 @@ class Campaign:
             self.decide(f"{direction} on {row.dataset}: {best} needs reproduction "
                         f"({row.reproductions} seeds beat the control); adding seeds {seeds}")
             self.run_stage(f"{direction}-repro-{row.dataset}",
-                           {**self.pick(control), **self.pick([best])}, [row.dataset], seeds)
+                           {**self.pick(control), **self.pick([best])}, [row.dataset], seeds,
+                           futility=False)
 
     def _regime_of(self, variant: str) -> BackboneRegime:
         first = next(iter(self.space.datasets))

@@ -37,6 +37,7 @@ from hmem.errors import ConfigError, HmemError
 from hmem.records import LAUNCH_RECORD, LaunchRecord
 from hmem.spaces import Cell, Distribution, SearchSpace, load_space
 from tune.artefacts import BackbonePlan, plan_backbones, ship_backbones
+from tune.futility import FutilityStopper, control_losses
 from tune.ray_api import can_restore, connect, new_tuner, pretrain_cpus, restore_tuner
 from tune.trainable import TrialContext, hmem_trainable
 
@@ -186,6 +187,7 @@ def _run_config(space: SearchSpace, storage: str, name: str) -> ray.tune.RunConf
         failure_config=ray.tune.FailureConfig(max_failures=space.max_failures),
         checkpoint_config=ray.tune.CheckpointConfig(num_to_keep=1),
         sync_config=ray.tune.SyncConfig(sync_artifacts=True),
+        stop=FutilityStopper() if space.stopping.enabled else None,
         verbose=1,
     )
 
@@ -248,7 +250,9 @@ def launch(space_path: str | os.PathLike, options: LaunchOptions) -> LaunchRepor
     connect(options.address)
     started = time.perf_counter()
     refs = ship_backbones(plans, data_dir, cache_dir, cpus_per_task=pretrain_cpus(len(plans)))
-    context = TrialContext(space.model_dump(), space.source, data_dir, cache_dir, refs, overrides)
+    controls = control_losses(space.stopping.controls) if space.stopping.enabled else {}
+    context = TrialContext(space.model_dump(), space.source, data_dir, cache_dir, refs, overrides,
+                           controls)
     resources = {"cpu": space.resources.cpu, "gpu": space.resources.gpu}
     trainable = ray.tune.with_resources(
         ray.tune.with_parameters(hmem_trainable, context=context), resources

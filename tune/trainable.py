@@ -16,22 +16,26 @@ import math
 import os
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import ray
 import ray.tune
 import torch
 from torch.utils.tensorboard import SummaryWriter
 
+from analysis.futility import Look
 from hmem.artefacts import backbone_key
 from hmem.config import TrialConfig, deep_merge, dotted_to_tree
 from hmem.data.splits import prepare
+from hmem.directions import Direction
 from hmem.online.runner import OnlineRun, Progress
 from hmem.spaces import Cell, SearchSpace
 from hmem.trial import TrialArtefacts, describe, write_config, write_results
 from tune.artefacts import unpack
+from tune.futility import STOP, FutilityMonitor, pair_key, rule_of
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +52,7 @@ class TrialContext:
     cache_dir: str
     backbones: dict[str, ray.ObjectRef]  # backbone key -> shipped artefacts
     overrides: dict[str, Any]  # --set overrides applied to every trial
+    controls: dict[str, np.ndarray] = field(default_factory=dict)  # futility: pair key -> losses
 
     def search_space(self) -> SearchSpace:
         space = SearchSpace.model_validate(self.space)
@@ -72,14 +77,22 @@ def hmem_trainable(params: dict[str, Any], context: TrialContext) -> None:
     trial = _set_up(params, context)
     run = trial.artefacts.online_run(trial.cfg)
     started -= _restore(run, trial)
+    monitor = _futility_monitor(trial, context)
     writer = SummaryWriter(str(trial.out / "tensorboard"))
     written = run.progress().scored  # windows already in TensorBoard before a restore
     for progress in run.reports(trial.space.report_every):
         written = _write_curve(writer, run, written)
         metrics = _running_metrics(progress)
+        look = (monitor.look(run.test_window_mse().cpu().numpy())
+                if monitor is not None and not run.done else None)
+        if look is not None:
+            metrics.update({"futility/gain": look.bound.gain, "futility/bound": look.bound.bound})
         if run.done:
             writer.close()
             ray.tune.report({**metrics, **_finish(trial, run, started)})
+        elif look is not None and look.stop:  # results first: the stopper ends the trial here
+            writer.close()
+            ray.tune.report({**metrics, **_finish(trial, run, started, look), STOP: True})
         elif progress.windows_done % trial.space.checkpoint_every == 0:
             with tempfile.TemporaryDirectory() as folder:
                 torch.save(run.state_dict(), Path(folder) / STATE_FILE)
@@ -136,10 +149,25 @@ def _running_metrics(progress: Progress) -> dict[str, Any]:
     }
 
 
-def _finish(trial: _Trial, run: OnlineRun, started: float) -> dict[str, Any]:
+def _futility_monitor(trial: _Trial, context: TrialContext) -> FutilityMonitor | None:
+    """The trial's futility looks, when stopping is on and its control has run."""
+    stopping = trial.space.stopping
+    if not stopping.enabled or trial.cfg.direction in (Direction.CONTROL, Direction.BASELINE):
+        return None
+    control = context.controls.get(pair_key(trial.cfg, trial.artefacts.pretrained.key))
+    if control is None:
+        log.warning("trial %s: no finished control run with its dataset, seed and backbone in "
+                    "%s; it runs to the end", trial.cell.label(), ", ".join(stopping.controls))
+        return None
+    return FutilityMonitor(rule_of(stopping), control, trial.cfg.data.horizon)
+
+
+def _finish(trial: _Trial, run: OnlineRun, started: float,
+            stopped: Look | None = None) -> dict[str, Any]:
     """Write the trial's results folder; return its scalar metrics for the last report."""
-    result = run.result()
+    result = run.result(partial=stopped is not None)
     result.metrics["seconds_total"] = time.perf_counter() - started
+    result.metrics["stopped_early"] = stopped.record() if stopped is not None else None
     result.metrics.update(describe(trial.cfg, trial.space.name, trial.cell,
                                    trial.artefacts.pretrained, trial.artefacts.encoder))
     result.metrics.update(backbone_source=trial.backbone_source,

@@ -290,16 +290,19 @@ class OnlineRun:
                         self.scores["test"].scored, self.scores["test"].running_mse(),
                         self.seconds["test"], fill, gate, learner.probe.summary())
 
-    def result(self) -> RunResult:
-        if not self.done:
+    def result(self, *, partial: bool = False) -> RunResult:
+        """The run's metrics and per-window scores; ``partial``: of a run ended before the end
+        of its stream (futility stopping), over the test windows scored so far."""
+        if not (self.done or partial):
             raise RuntimeError("the run has not finished: call advance() until done")
         test, learner = self.scores["test"], self.learner
-        mse = float(test.mse.mean())
-        steps = len(self.streams["test"])
+        scored = test.scored
+        mse = float(test.mse[:scored].mean())
+        steps = self.test_windows_done
         warmup_steps = len(self.streams["warmup"]) if self.warmed_up else 0
         metrics = {
             "mse": mse,
-            "mae": float(test.mae.mean()),
+            "mae": float(test.mae[:scored].mean()),
             "rmse": math.sqrt(mse),
             "steps": steps,
             "warmup_steps": warmup_steps,
@@ -314,8 +317,8 @@ class OnlineRun:
             "trainable_parameters": learner.trainable_parameters,
             **learner.probe.summary(),
         }
-        return RunResult(metrics, test.mse.cpu(), test.mae.cpu(),
-                         None if self.forecasts is None else self.forecasts.cpu())
+        return RunResult(metrics, test.mse[:scored].cpu(), test.mae[:scored].cpu(),
+                         None if self.forecasts is None else self.forecasts[:scored].cpu())
 
     # ------------------------------------------------------------------ checkpoints
 
