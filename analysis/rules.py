@@ -123,8 +123,8 @@ def score_trials(trials: pd.DataFrame, rules: Rules = Rules(),
     valid["backbone_regime"] = [BackboneRegime.label_of(frozen, lr) for frozen, lr
                                 in zip(valid["backbone_frozen"], valid["backbone_online_lr"])]
     warm = valid.get("cfg.online.warmup", pd.Series(True, index=valid.index)).fillna(True)
-    if "stopped" not in valid:
-        valid["stopped"] = False
+    stopped = valid["stopped"] if "stopped" in valid else pd.Series(False, index=valid.index)
+    valid["stopped"] = stopped.fillna(False).astype(bool)
     select, report, how = [], [], []
     for row, warms in zip(valid.itertuples(), warm.astype(bool)):
         # a trial stopped for futility has scores over part of the stream only: its MSE is not

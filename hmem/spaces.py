@@ -128,7 +128,7 @@ class StoppingConfig(_Strict):
     controls: list[str] = Field(
         default_factory=list, description="experiment folders holding the finished control "
         "runs to compare with (the campaign passes its S0 stage)")
-    min_gain: float = Field(0.005, gt=0, description="the plan's 0.5 %")
+    min_gain: float = Field(0.005, description="the plan's 0.5 %")
     min_share: float = Field(0.25, gt=0, lt=1, description="no look before this share")
     look_every: float = Field(0.05, gt=0, lt=1, description="then one look per this share")
     alpha: float = Field(0.05, gt=0, lt=0.5, description="chance, over all looks, of stopping "

@@ -369,3 +369,32 @@ def test_each_regimes_control_has_its_own_row_and_is_never_chosen_between():
     assert sorted(controls.index) == ["p2p7p8", "p2p7p8_frozen"]
     assert controls.loc["p2p7p8", "mse"] == pytest.approx(0.70)
     assert "online_slow" in controls.loc["p2p7p8", "verdict"]
+
+
+# ----------------------------------------------------------------------------- futility
+
+
+def stopped(variant, direction, seed, gain, bound=0.002, window=100, of=400, **kw):
+    """A run futility stopping ended at ``window`` of ``of``: its MSE covers those windows."""
+    row = trial(variant, direction, seed, 0.5, **kw)  # 0.5: a part-stream MSE, never reported
+    row.update(stopped=True, stopped_window=window, stopped_of=of, stopped_gain=gain,
+               stopped_bound=bound)
+    return row
+
+
+def test_a_run_stopped_for_futility_counts_as_its_gain_below_the_threshold():
+    trials = table(control(0, 1.0), control(1, 1.0),
+                   stopped("a1_base", "A1", 0, -0.001, val=0.30),
+                   stopped("a1_base", "A1", 1, 0.0005, val=0.30),
+                   trial("a1_beta0.2", "A1", 0, 0.999, order=1, val=0.31),
+                   trial("a1_beta0.2", "A1", 1, 0.999, order=1, val=0.31))
+    variants, verdict = judge(trials)
+    base = variants.set_index("variant").loc["a1_base"]
+    assert base["gain"] == pytest.approx(-0.00025) and math.isnan(base["mse"])
+    assert base["stopped"] == ("seed 0 stopped at 100 of 400 windows, gain -0.10%, bound +0.20%; "
+                               "seed 1 stopped at 100 of 400 windows, gain +0.05%, bound +0.20%")
+    a1 = verdict.set_index("direction").loc["A1"]
+    assert a1["ineffective"] and a1["ineffective_pair"] == "a1_base -> a1_beta0.2"
+    assert a1["best_variant"] == "a1_base"  # chosen on validation, stopped or not
+    assert "ineffective (seed 0 stopped at 100 of 400 windows" in a1["verdict"]
+    assert not a1["reproduced"] and not a1["success"]
