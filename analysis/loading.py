@@ -118,6 +118,8 @@ def _experiment(location: str, index: int) -> list[dict[str, Any]]:
                                                  and getattr(trial, "error_file", None) else "")
         elif unreadable:
             note = unreadable
+        elif cfg is not None and not cfg.online.test_stream:
+            note = "validation only (online.test_stream: false): a tuning trial, no test score"
         elif metrics is None:
             note = f"no {METRICS_FILE} (stopped early or not synced)"
         elif not math.isfinite(mse):

@@ -159,6 +159,9 @@ def build_parser() -> argparse.ArgumentParser:
     campaign.add_argument("--cache-dir", default=None, help="pretrained-artefact cache")
     campaign.add_argument("--extra-seeds", type=int, default=2,
                           help="seeds added to a best variant that needs reproduction")
+    campaign.add_argument("--control-seeds", type=int, default=3,
+                          help="seeds 0..N-1 of every control (the noise floor needs 3; "
+                          "default: %(default)s)")
     campaign.add_argument("--no-stopping", action="store_true",
                           help="run every variant to the end (default: futility stopping "
                           "against S0's controls, see the space's stopping section)")
@@ -453,6 +456,7 @@ def _cmd_campaign(args: argparse.Namespace) -> int:
                               resume=args.resume, data_dir=args.data_dir,
                               cache_dir=args.cache_dir, extra_seeds=args.extra_seeds,
                               stopping=not args.no_stopping,
+                              control_seeds=args.control_seeds,
                               rules=_rules(args))
     print(f"report: {run_campaign(args.space, options)}")
     return 0

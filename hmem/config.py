@@ -285,6 +285,16 @@ class OnlineConfig(_Config):
     weight_decay: float = Field(0.01, ge=0)
     grad_clip: float = Field(1.0, ge=0, description="max gradient norm; 0 switches clipping off")
     warmup: bool = Field(True, description="run the loop over the validation segment first")
+    test_stream: bool = Field(
+        True, description="false: stop after the warm-up, never reading the test segment (a "
+        "tuning trial whose objective is the validation MSE, warmup_mse)")
+
+    @model_validator(mode="after")
+    def _streams_something(self) -> OnlineConfig:
+        if not self.test_stream and not self.warmup:
+            raise ValueError("online.test_stream: false runs the validation (warm-up) stream "
+                             "only: set online.warmup: true")
+        return self
 
 
 class RuntimeConfig(_Config):

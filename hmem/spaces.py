@@ -92,7 +92,9 @@ class Distribution(_Strict):
 
 class SearchConfig(_Strict):
     kind: Literal["grid", "optuna"] = "grid"
-    metric: Literal["mse", "mae", "rmse"] = "mse"
+    metric: Literal["mse", "mae", "rmse", "warmup_mse"] = Field(
+        "mse", description="what the search optimises; warmup_mse: the validation MSE, for "
+        "tuning that never looks at the test stream (with online.test_stream: false)")
     mode: Literal["min", "max"] = "min"
     num_samples: int = Field(1, ge=1, description="optuna: trials to sample")
     params: dict[str, Distribution] = Field(
@@ -298,7 +300,11 @@ class SearchSpace(_Strict):
     def validate_all(self) -> None:
         for dataset in self.datasets:
             for variant in self.variants:
-                self.trial_config(variant, dataset)
+                cfg = self.trial_config(variant, dataset)
+                if self.search.metric == "warmup_mse" and not cfg.online.warmup:
+                    raise ConfigError(
+                        f"{self.source}: search.metric warmup_mse is the validation MSE of the "
+                        f"warm-up, but variant {variant} on {dataset} has online.warmup: false")
                 for key, distribution in self.search.params.items():
                     for value in distribution.bounds():
                         self.trial_config(variant, dataset, overrides=dotted_to_tree({key: value}))

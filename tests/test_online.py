@@ -3,13 +3,15 @@ baselines, all on the same stream."""
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
 from hmem.artefacts import load_or_compute_base_forecasts, load_or_pretrain
 from hmem.data import prepare
 from hmem.data.calendar import time_buckets
-from hmem.errors import NumericalError
+from hmem.errors import ConfigError, NumericalError
 from hmem.online import OnlineLearner, run_trial
 from hmem.online.runner import OnlineRun
 
@@ -201,3 +203,25 @@ def test_library_calls_leave_the_callers_random_state_and_threads_alone(tiny, tm
     torch.manual_seed(99)
     again = run_trial(cfg, artefacts.data, artefacts.pretrained)
     assert torch.equal(again.curve, result.curve)
+
+
+def test_a_validation_only_run_never_reads_the_test_segment_and_reports_the_warmup(tiny,
+                                                                                   cache_dir):
+    """``online.test_stream: false`` (tuning on validation): the warm-up is reported as it goes,
+    the revealed data stop at the validation segment's end, and no test score exists."""
+    cfg = tiny({"online": {"test_stream": False}, "data": {"max_val_windows": None}})
+    data = prepare(cfg.data)
+    run = OnlineRun(cfg, data, load_or_pretrain(cfg, data, cache_dir))
+    reports = list(run.reports(10))
+    assert [r.windows_done for r in reports[:-1]] == [0] * (len(reports) - 1)
+    assert len(reports) > 2 and reports[-1].warmup_mse == pytest.approx(
+        run.scores["warmup"].running_mse())
+    val_end = data.segments["val"].window_starts(data.seq_len, data.horizon)[-1] \
+        + data.seq_len + data.horizon
+    assert run.series.clock <= val_end < data.segments["test"].window_starts(
+        data.seq_len, data.horizon)[-1]
+    result = run.result()
+    assert result.metrics["steps"] == 0 and len(result.curve) == 0
+    assert math.isnan(result.metrics["mse"]) and result.metrics["warmup_mse"] > 0
+    with pytest.raises(ConfigError, match="online.warmup: true"):
+        tiny({"online": {"test_stream": False, "warmup": False}})

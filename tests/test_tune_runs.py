@@ -300,3 +300,38 @@ def test_futility_stopping_ends_a_variant_that_cannot_gain_and_records_where(
     assert judged["verdict"].startswith(f"ineffective (stopped at {stop.window} of {stop.of} "
                                         "windows, gain ")
     assert judged["gain"] == stop.gain and pd.isna(judged["mse"])  # a part-stream MSE: not shown
+
+
+def test_tuning_on_validation_never_streams_the_test_segment(tmp_path, cache_dir, ray_shutdown):
+    """A tuned control is chosen on the warm-up (validation) MSE only: with
+    ``online.test_stream: false`` every trial stops after the warm-up, reports its running
+    validation MSE (which ASHA and Optuna read), and has no test score at all."""
+    space = _space(tmp_path, "tuning", SMALL + """
+variants: {p2p7p8: {online: {test_stream: false}}}
+search:
+  kind: optuna
+  metric: warmup_mse
+  num_samples: 3
+  seed: 1
+  params:
+    online.lr: {type: loguniform, low: 1.0e-5, high: 1.0e-3}
+    chrc.soft_gate.threshold: {type: uniform, low: 0.2, high: 0.8}
+scheduler: {kind: asha, grace_period: 2, max_t: 100}
+report_every: 20
+checkpoint_every: 100
+""")
+    report = launch(space, LaunchOptions(storage=str(tmp_path), cache_dir=str(cache_dir)))
+    assert report.trials == 3 and report.errored == 0
+    best = report.best[0]
+    assert best["variant"] == "p2p7p8" and best["warmup_mse"] > 0
+    trials = _trials(Path(report.experiment_path))
+    finished = [f for f in trials.values() if (f / "metrics.json").exists()]
+    scores = [json.loads((f / "metrics.json").read_text()) for f in finished]
+    assert finished and all(m["steps"] == 0 for m in scores)  # not one test window
+    assert best["warmup_mse"] == min(m["warmup_mse"] for m in scores)
+    for folder in trials.values():
+        results = _results(folder)
+        assert results and all("warmup_mse" in r and r["windows"] == 0 for r in results)
+    loaded = load_trials([report.experiment_path])
+    assert not loaded["valid"].any()
+    assert loaded["note"].str.startswith("validation only").all()

@@ -1,13 +1,16 @@
 """``hmem campaign SPACE.yaml``: the plan's stages in order, with its rules deciding in between.
 
-    S0  the control and the CHRC-free baselines
+    S0  the control and the CHRC-free baselines (S0-seeds: the control on further seeds, so
+        that every control has ``control_seeds``, 3 by default, for the noise floor)
     S1  A1: its first two variants (A1-base and the first beta), then the rest of the sweep
         unless those two made A1 ineffective; A2 on the datasets where A1 gained (plan 5.2)
     S2  B1, B3, B2 in that order, each the same way
     S3  the best A variant combined with the best B variant, per dataset, when both gained
 
 After each direction, a best variant that gained but "needs reproduction" is rerun with extra
-seeds, together with its control on the same seeds (a gain is always paired by seed). Every
+seeds, together with its control on the same seeds unless S0 already ran them (a gain is always
+paired by seed). The stages of the directions stop futile variants early (``--no-stopping``
+runs every window; :mod:`tune.futility`), comparing them with S0's controls. Every
 stage is an ordinary Ray Tune experiment under ``STORAGE/NAME/``, launched with the same code as
 ``hmem tune launch`` from a space file written beside it (``stages/STAGE.yaml``), so each can be
 opened, reported on or resumed by itself. Decisions depend only on finished results, so
@@ -53,6 +56,7 @@ class CampaignOptions:
     cache_dir: str | None = None
     extra_seeds: int = 2  # seeds added to a best variant that needs reproduction
     stopping: bool = True  # futility stopping of the directions' stages against S0's controls
+    control_seeds: int = 3  # seeds 0..N-1 of every control (the noise floor needs 3)
     rules: Rules = field(default_factory=Rules)
 
 
@@ -89,7 +93,8 @@ class Campaign:
             "stopping": self.space.stopping.model_copy(update={
                 "enabled": True, "controls": [str(self.folder / "S0")],
                 "min_gain": self.options.rules.min_gain})
-            if futility and self.options.stopping and stage != "S0" else self.space.stopping,
+            if futility and self.options.stopping and not stage.startswith("S0")
+            else self.space.stopping,
         })
         path = self.folder / "stages" / f"{stage}.yaml"
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -167,7 +172,9 @@ class Campaign:
             seeds = list(range(max(self.space.seeds) + 1,
                                max(self.space.seeds) + 1 + self.options.extra_seeds))
             best = row.best_variant
-            control = controls.get(self._regime_of(best), [])
+            # the control joins unless S0's control seeds already cover these seeds
+            covered = set(self.space.seeds) | set(range(self.options.control_seeds))
+            control = [] if set(seeds) <= covered else controls.get(self._regime_of(best), [])
             self.decide(f"{direction} on {row.dataset}: {best} needs reproduction "
                         f"({row.reproductions} seeds beat the control); adding seeds {seeds}")
             self.run_stage(f"{direction}-repro-{row.dataset}",
@@ -189,6 +196,9 @@ class Campaign:
                               "on, no direction switched on), e.g. p2p7p8")
         self.run_stage("S0", self.pick(groups.get(Direction.BASELINE, [])
                                        + groups[Direction.CONTROL]), datasets)
+        extra = sorted(set(range(self.options.control_seeds)) - set(self.space.seeds))
+        if extra:  # the noise floor needs that many control seeds
+            self.run_stage("S0-seeds", self.pick(groups[Direction.CONTROL]), datasets, extra)
 
         for direction in SEQUENCE:
             names = groups.get(direction, [])

@@ -93,7 +93,7 @@ def hmem_trainable(params: dict[str, Any], context: TrialContext) -> None:
         elif look is not None and look.stop:  # results first: the stopper ends the trial here
             writer.close()
             ray.tune.report({**metrics, **_finish(trial, run, started, look), STOP: True})
-        elif progress.windows_done % trial.space.checkpoint_every == 0:
+        elif progress.windows_done and progress.windows_done % trial.space.checkpoint_every == 0:
             with tempfile.TemporaryDirectory() as folder:
                 torch.save(run.state_dict(), Path(folder) / STATE_FILE)
                 ray.tune.report(metrics, checkpoint=ray.tune.Checkpoint.from_directory(folder))
@@ -138,6 +138,7 @@ def _set_up(params: dict[str, Any], context: TrialContext):
 def _running_metrics(progress: Progress) -> dict[str, Any]:
     return {
         "mse": progress.running_mse,
+        "warmup_mse": progress.warmup_mse,
         "windows": progress.windows_done,
         "scored": progress.scored,
         "memory_fill": progress.memory_fill,

@@ -62,6 +62,7 @@ class Progress:
     memory_fill: float  # mean fraction of memory capacity in use (0 without CHRC)
     mean_gate: float | None  # mean applied CHRC gate over corrected forecasts so far
     acted: dict[str, float] = field(default_factory=dict)  # hmem.online.probe's figures
+    warmup_mse: float = float("nan")  # validation MSE so far (all of it once the test began)
 
     @property
     def ms_per_step(self) -> float:
@@ -171,7 +172,8 @@ class OnlineRun:
         L, H = data.seq_len, data.horizon
         self.streams = {
             "warmup": _limit(data.segments["val"].window_starts(L, H), cfg.data.max_val_windows),
-            "test": _limit(data.segments["test"].window_starts(L, H), cfg.data.max_test_windows),
+            "test": _limit(data.segments["test"].window_starts(L, H), cfg.data.max_test_windows)
+            if cfg.online.test_stream else range(0),
         }
         self.scores = {
             name: _Scores(starts, H, data.n_vars, device) for name, starts in self.streams.items()
@@ -201,9 +203,16 @@ class OnlineRun:
     def reports(self, every: int) -> Iterator[Progress]:
         """Run to the end, yielding the test stream's progress every ``every`` test windows and
         once at the end. The warm-up runs first, unreported, and a report waits until some test
-        window is scored. A run restored from a checkpoint continues where it stopped."""
+        window is scored; without a test stream (``online.test_stream: false``, tuning on
+        validation), the warm-up is reported every ``every`` windows instead. A run restored
+        from a checkpoint continues where it stopped."""
         if every < 1:
             raise ValueError(f"report interval must be >= 1 (got {every})")
+        while self.phase is Phase.WARMUP and not self.streams["test"]:
+            left = len(self.streams["warmup"]) - self.position
+            self.advance(min(every - self.position % every, left))  # stops at the warm-up's end
+            if self.phase is Phase.WARMUP:
+                yield self.progress()
         if self.phase is Phase.WARMUP:
             self.advance(len(self.streams["warmup"]) - self.position)
         while not self.done:
@@ -274,7 +283,8 @@ class OnlineRun:
             self.phase, self.position = Phase.TEST, 0
         else:
             starts = self.streams["test"]
-            self.series.reveal_until(starts[-1] + self.series.seq_len + self.series.horizon)
+            if starts:  # none without a test stream: nothing of the test segment is read
+                self.series.reveal_until(starts[-1] + self.series.seq_len + self.series.horizon)
             self.scores["test"].finish(self.series)
             self.scores["test"].check_finite("test")
             self.phase = Phase.DONE
@@ -288,7 +298,8 @@ class OnlineRun:
         gate = float(learner.gate_sum) / learner.corrected if learner.corrected else None
         return Progress(self.test_windows_done, len(self.streams["test"]),
                         self.scores["test"].scored, self.scores["test"].running_mse(),
-                        self.seconds["test"], fill, gate, learner.probe.summary())
+                        self.seconds["test"], fill, gate, learner.probe.summary(),
+                        self.scores["warmup"].running_mse())
 
     def result(self, *, partial: bool = False) -> RunResult:
         """The run's metrics and per-window scores; ``partial``: of a run ended before the end
@@ -309,10 +320,10 @@ class OnlineRun:
             "warmup_mse": self.scores["warmup"].running_mse() if warmup_steps else None,
             "seconds_online": self.seconds["test"],
             "seconds_warmup": self.seconds["warmup"],
-            "ms_per_step": 1000.0 * self.seconds["test"] / steps,
+            "ms_per_step": 1000.0 * self.seconds["test"] / steps if steps else math.nan,
             "mean_gate": float(learner.gate_sum) / learner.corrected if learner.corrected
             else None,
-            "corrected_fraction": learner.corrected / steps,
+            "corrected_fraction": learner.corrected / steps if steps else math.nan,
             "memory_entries": [m.memory.size for m in learner.bank] if learner.bank else [],
             "trainable_parameters": learner.trainable_parameters,
             **learner.probe.summary(),
