@@ -21,6 +21,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from analysis import figures
+from analysis.compute import compute_table
 from analysis.loading import AnalysisError, load_trials
 from analysis.rules import Rules, variant_table, verdicts
 
@@ -32,6 +33,9 @@ VARIANT_COLUMNS = ["direction", "variant", "dataset", "backbone_regime", "select
                    "seed_mse", "mse", "seed_gains", "gain", "acted", "inert", "gain_vs_baseline",
                    "p_value", "seed_p", "noise_floor", "ms_per_step", "stopped", "pair_note"]
 PERCENT = ("gain", "gain_vs_baseline", "noise_floor")
+COMPUTE_NOTE = ("Trial-hours: the seconds each run took (set-up, warm-up and test stream), "
+                "summed; 'without_stopping' costs each run stopped for futility as if it had "
+                "streamed to the end.")
 
 
 @dataclass
@@ -43,6 +47,10 @@ class Analysis:
     variants: pd.DataFrame
     verdicts: pd.DataFrame
     rules: Rules
+
+    @property
+    def compute(self) -> pd.DataFrame:
+        return compute_table(self.trials).round({"trial_hours": 2, "without_stopping": 2})
 
     @property
     def failed(self) -> pd.DataFrame:
@@ -139,6 +147,8 @@ def to_html(analysis: Analysis) -> str:
              display_table(analysis.variants, VARIANT_COLUMNS).to_html(index=False)]
     if not analysis.failed.empty:
         parts += ["<h2>Trials that do not count</h2>", analysis.failed.to_html(index=False)]
+    parts += ["<h2>Compute</h2>", f"<p>{html.escape(COMPUTE_NOTE)}</p>",
+              analysis.compute.to_html(index=False)]
     for name, fig in analysis.figures().items():
         data = base64.b64encode(_png(fig)).decode()
         parts += [f"<h2>{html.escape(name)}</h2>", f"<img alt='{html.escape(name)}' "
@@ -155,6 +165,7 @@ def to_markdown(analysis: Analysis, assets: Path) -> str:
              display_table(analysis.variants, VARIANT_COLUMNS).to_markdown(index=False), ""]
     if not analysis.failed.empty:
         parts += ["## Trials that do not count", "", analysis.failed.to_markdown(index=False), ""]
+    parts += ["## Compute", "", COMPUTE_NOTE, "", analysis.compute.to_markdown(index=False), ""]
     for index, (name, fig) in enumerate(analysis.figures().items()):
         assets.mkdir(parents=True, exist_ok=True)
         path = assets / f"figure{index + 1}.png"

@@ -59,3 +59,23 @@ def test_on_simulated_streams_a_real_gain_runs_on_and_a_null_is_stopped(kind, ca
     assert real.stopped <= 0.05
     assert null.stopped >= 0.5 and null.saved > 0.2
     assert null.wrong <= 0.05
+
+
+def test_compute_counts_trial_hours_and_costs_a_stopped_run_as_if_it_ran_to_the_end():
+    import pandas as pd
+
+    from analysis.compute import compute_table
+
+    trials = pd.DataFrame([
+        {"experiment": "S0", "wall_s": 3600.0, "stopped": False, "stopped_window": math.nan,
+         "stopped_of": math.nan},
+        {"experiment": "A1", "wall_s": 900.0, "stopped": True, "stopped_window": 1000,
+         "stopped_of": 4000},
+        {"experiment": "A1", "wall_s": math.nan, "stopped": False, "stopped_window": math.nan,
+         "stopped_of": math.nan},  # never ran: costs nothing
+    ])
+    table = compute_table(trials).set_index("experiment")
+    assert table.loc["A1", "runs"] == 1 and table.loc["A1", "stopped"] == 1
+    assert table.loc["A1", "trial_hours"] == 0.25 and table.loc["A1", "without_stopping"] == 1.0
+    assert table.loc["total", "trial_hours"] == 1.25
+    assert table.loc["total", "without_stopping"] == 2.0
