@@ -231,8 +231,7 @@ checkpoint_every: 400
 # ----------------------------------------------------------------------------- optuna
 
 
-def test_optuna_search_with_asha(tmp_path, cache_dir, ray_shutdown):
-    space = _space(tmp_path, "optuna", SMALL + """
+OPTUNA = SMALL + """
 variants: {p2p7p8_frozen: {}}
 search:
   kind: optuna
@@ -245,7 +244,11 @@ scheduler: {kind: asha, grace_period: 2, max_t: 100}
 max_concurrent: 2
 report_every: 200
 checkpoint_every: 400
-""")
+"""
+
+
+def test_optuna_search_with_asha(tmp_path, cache_dir, ray_shutdown):
+    space = _space(tmp_path, "optuna", OPTUNA)
     report = launch(space, LaunchOptions(storage=str(tmp_path), cache_dir=str(cache_dir)))
     assert report.trials == 4 and report.errored == 0
     trials = _trials(Path(report.experiment_path))
@@ -306,22 +309,14 @@ def test_tuning_on_validation_never_streams_the_test_segment(tmp_path, cache_dir
     """A tuned control is chosen on the warm-up (validation) MSE only: with
     ``online.test_stream: false`` every trial stops after the warm-up, reports its running
     validation MSE (which ASHA and Optuna read), and has no test score at all."""
-    space = _space(tmp_path, "tuning", SMALL + """
-variants: {p2p7p8: {online: {test_stream: false}}}
-search:
-  kind: optuna
-  metric: warmup_mse
-  num_samples: 3
-  seed: 1
-  params:
-    online.lr: {type: loguniform, low: 1.0e-5, high: 1.0e-3}
-    chrc.soft_gate.threshold: {type: uniform, low: 0.2, high: 0.8}
-scheduler: {kind: asha, grace_period: 2, max_t: 100}
-report_every: 20
-checkpoint_every: 100
-""")
+    tuning = (OPTUNA.replace("{p2p7p8_frozen: {}}", "{p2p7p8: {online: {test_stream: false}}}")
+              .replace("  kind: optuna\n", "  kind: optuna\n  metric: warmup_mse\n")
+              .replace("report_every: 200\ncheckpoint_every: 400", "report_every: 20\n"
+                       "checkpoint_every: 100"))
+    assert tuning.count("warmup_mse") == 1 and tuning.count("test_stream") == 1
+    space = _space(tmp_path, "tuning", tuning)
     report = launch(space, LaunchOptions(storage=str(tmp_path), cache_dir=str(cache_dir)))
-    assert report.trials == 3 and report.errored == 0
+    assert report.trials == 4 and report.errored == 0
     best = report.best[0]
     assert best["variant"] == "p2p7p8" and best["warmup_mse"] > 0
     trials = _trials(Path(report.experiment_path))
