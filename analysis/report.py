@@ -21,9 +21,10 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from analysis import figures
-from analysis.compute import compute_table
+from analysis.compute import compute_table, exhaustive_hours
 from analysis.loading import AnalysisError, load_trials
 from analysis.rules import Rules, variant_table, verdicts
+from hmem.spaces import SearchSpace
 
 VERDICT_COLUMNS = ["direction", "dataset", "best_variant", "selected_on", "select_mse", "mse",
                    "seeds", "gain", "reproduced", "reproductions", "ineffective", "acted",
@@ -47,10 +48,24 @@ class Analysis:
     variants: pd.DataFrame
     verdicts: pd.DataFrame
     rules: Rules
+    grid: pd.DataFrame | None = None  # the full grid of a space, to cost against (grid_cells)
 
     @property
     def compute(self) -> pd.DataFrame:
         return compute_table(self.trials).round({"trial_hours": 2, "without_stopping": 2})
+
+    def compute_note(self) -> str:
+        """What the runs cost, and against the exhaustive grid when a space was given."""
+        used = compute_table(self.trials)
+        if self.grid is None or used.empty:
+            return COMPUTE_NOTE
+        hours = float(used["trial_hours"].iloc[-1])
+        grid, unknown = exhaustive_hours(self.trials, self.grid)
+        missing = f" ({unknown} cells with no run to estimate from left out)" if unknown else ""
+        return (f"{COMPUTE_NOTE} The exhaustive grid ({len(self.grid)} runs: every variant x "
+                f"dataset x seed of the space, each to the end) would take about {grid:.1f} "
+                f"trial-hours at the cost these runs measured{missing}; these experiments used "
+                f"{hours:.1f} ({100 * hours / grid:.0f}%).")
 
     @property
     def failed(self) -> pd.DataFrame:
@@ -67,15 +82,26 @@ class Analysis:
         return {title: fig for title, fig in drawn.items() if fig is not None}
 
 
+def grid_cells(space: SearchSpace) -> pd.DataFrame:
+    """Every variant x dataset x seed of ``space``, with what sets its cost."""
+    rows = []
+    for cell in space.cells():
+        cfg = space.trial_config(cell.variant, cell.dataset, cell.seed)
+        rows.append({"variant": cell.variant, "dataset": cell.dataset, "seed": cell.seed,
+                     "frozen": cfg.backbone_regime.frozen, "chrc": cfg.chrc.enabled})
+    return pd.DataFrame(rows)
+
+
 def build(experiments: Sequence[str | os.PathLike] | str | os.PathLike,
-          rules: Rules = Rules()) -> Analysis:
-    """Load, pair, judge. A single folder may be given as a plain string or path."""
+          rules: Rules = Rules(), space: SearchSpace | None = None) -> Analysis:
+    """Load, pair, judge. A single folder may be given as a plain string or path; ``space``
+    (the search space the experiments come from) adds the exhaustive grid's cost."""
     if isinstance(experiments, (str, os.PathLike)):
         experiments = [experiments]
     trials = load_trials(experiments)
     variants = variant_table(trials, rules)
     return Analysis([str(e) for e in experiments], trials, variants, verdicts(variants, rules),
-                    rules)
+                    rules, grid_cells(space) if space is not None else None)
 
 
 def _cell(column: str, value):
@@ -147,7 +173,7 @@ def to_html(analysis: Analysis) -> str:
              display_table(analysis.variants, VARIANT_COLUMNS).to_html(index=False)]
     if not analysis.failed.empty:
         parts += ["<h2>Trials that do not count</h2>", analysis.failed.to_html(index=False)]
-    parts += ["<h2>Compute</h2>", f"<p>{html.escape(COMPUTE_NOTE)}</p>",
+    parts += ["<h2>Compute</h2>", f"<p>{html.escape(analysis.compute_note())}</p>",
               analysis.compute.to_html(index=False)]
     for name, fig in analysis.figures().items():
         data = base64.b64encode(_png(fig)).decode()
@@ -165,7 +191,8 @@ def to_markdown(analysis: Analysis, assets: Path) -> str:
              display_table(analysis.variants, VARIANT_COLUMNS).to_markdown(index=False), ""]
     if not analysis.failed.empty:
         parts += ["## Trials that do not count", "", analysis.failed.to_markdown(index=False), ""]
-    parts += ["## Compute", "", COMPUTE_NOTE, "", analysis.compute.to_markdown(index=False), ""]
+    parts += ["## Compute", "", analysis.compute_note(), "",
+              analysis.compute.to_markdown(index=False), ""]
     for index, (name, fig) in enumerate(analysis.figures().items()):
         assets.mkdir(parents=True, exist_ok=True)
         path = assets / f"figure{index + 1}.png"
@@ -175,13 +202,13 @@ def to_markdown(analysis: Analysis, assets: Path) -> str:
 
 
 def write_report(experiments: Sequence[str | os.PathLike], out: str | os.PathLike,
-                 rules: Rules = Rules()) -> Analysis:
+                 rules: Rules = Rules(), space: SearchSpace | None = None) -> Analysis:
     """Analyse ``experiments`` and write the report to ``out`` (.html or .md)."""
     out = Path(out)
     if out.suffix.lower() not in (".html", ".htm", ".md", ".markdown"):
         raise AnalysisError(f"{out}: the report is written as .html or .md (got "
                             f"'{out.suffix or 'no extension'}')")
-    analysis = build(experiments, rules)
+    analysis = build(experiments, rules, space)
     out.parent.mkdir(parents=True, exist_ok=True)
     if out.suffix.lower() in (".html", ".htm"):
         text = to_html(analysis)

@@ -123,6 +123,9 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("experiments", nargs="+", metavar="EXP_DIR",
                         help="experiment folders (STORAGE/NAME), e.g. results/tune/plan")
     report.add_argument("--out", required=True, help="report file, .html or .md")
+    report.add_argument("--space", default=None,
+                        help="the search space the experiments come from: the report then costs "
+                        "its exhaustive grid against the trial-hours used")
     _rule_options(report)
     report.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     report.set_defaults(handler=_cmd_report)
@@ -440,8 +443,10 @@ def _cmd_replay_stopping(args: argparse.Namespace) -> int:
 
 def _cmd_report(args: argparse.Namespace) -> int:
     from analysis.report import display_table, write_report
+    from hmem.spaces import load_space
 
-    analysis = write_report(args.experiments, args.out, _rules(args))
+    space = load_space(args.space) if args.space else None
+    analysis = write_report(args.experiments, args.out, _rules(args), space)
     print(display_table(analysis.verdicts, ["direction", "dataset", "best_variant", "mse",
                                             "gain", "gain_vs_baseline", "verdict"])
           .to_string(index=False))

@@ -79,3 +79,27 @@ def test_compute_counts_trial_hours_and_costs_a_stopped_run_as_if_it_ran_to_the_
     assert table.loc["A1", "trial_hours"] == 0.25 and table.loc["A1", "without_stopping"] == 1.0
     assert table.loc["total", "trial_hours"] == 1.25
     assert table.loc["total", "without_stopping"] == 2.0
+
+
+def test_the_exhaustive_grid_is_costed_from_the_runs_measured():
+    import pandas as pd
+
+    from analysis.compute import exhaustive_hours
+
+    run = {"dataset": "ETTm1", "stopped": False, "stopped_window": math.nan,
+           "stopped_of": math.nan}
+    trials = pd.DataFrame([
+        {**run, "variant": "p2p7p8", "direction": "control", "backbone_frozen": False,
+         "wall_s": 3600.0},
+        {**run, "variant": "a1", "direction": "A1", "backbone_frozen": False, "wall_s": 1800.0,
+         "stopped": True, "stopped_window": 1000, "stopped_of": 2000},  # 1 h to the end
+        {**run, "variant": "frozen", "direction": "baseline", "backbone_frozen": True,
+         "wall_s": 360.0},
+    ])
+    cells = pd.DataFrame([
+        {"variant": v, "dataset": "ETTm1", "frozen": f, "chrc": c}
+        for v, f, c in [("p2p7p8", False, True), ("p2p7p8", False, True), ("a1", False, True),
+                        ("a2", False, True),  # never ran: costed as an online CHRC run
+                        ("frozen", True, False), ("b3_frozen", True, True)]])  # unknown kind
+    hours, unknown = exhaustive_hours(trials, cells)
+    assert hours == pytest.approx(1 + 1 + 1 + 1 + 0.1) and unknown == 1

@@ -228,7 +228,7 @@ class Campaign:
                 self.run_stage(f"S3-{dataset}", {f"s3_{a}+{b}": combined}, [dataset])
 
         report = self.folder / "report.html"
-        write_report(self.stages, report, self.options.rules)
+        write_report(self.stages, report, self.options.rules, self.space)
         self.decide(f"report: {report}")
         return report
 
