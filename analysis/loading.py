@@ -120,6 +120,9 @@ def _experiment(location: str, index: int) -> list[dict[str, Any]]:
             note = unreadable
         elif cfg is not None and not cfg.online.test_stream:
             note = "validation only (online.test_stream: false): a tuning trial, no test score"
+        elif cfg is not None and cfg.online.test_share < 1:
+            note = (f"selection only (online.test_share: {cfg.online.test_share:g}): the first "
+                    "part of the test stream, to choose on, not a result")
         elif metrics is None:
             note = f"no {METRICS_FILE} (stopped early or not synced)"
         elif not math.isfinite(mse):

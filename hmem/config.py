@@ -288,6 +288,9 @@ class OnlineConfig(_Config):
     test_stream: bool = Field(
         True, description="false: stop after the warm-up, never reading the test segment (a "
         "tuning trial whose objective is the validation MSE, warmup_mse)")
+    test_share: float = Field(
+        1.0, gt=0, le=1, description="stream only this first share of the test windows (a "
+        "selection run: where a dataset has no warm-up, choices use the first 20 %)")
 
     @model_validator(mode="after")
     def _streams_something(self) -> OnlineConfig:

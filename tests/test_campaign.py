@@ -210,7 +210,10 @@ def test_the_notebook_runs_headless_and_converts_to_html(campaign, tmp_path):
 
 
 OPEN_SPACE = SPACE.replace("name: tinyplan", "name: opengates").replace(
-    "seeds: [0, 1]", "seeds: [0]")
+    "seeds: [0, 1]", "seeds: [0]").replace(
+    "  frozen: {chrc: {enabled: false}}\n",
+    "  frozen: {chrc: {enabled: false}}\n"
+    "  online_base: {chrc: {enabled: false}, backbone: {online_lr_scale: 1.0}}\n")
 
 
 def test_gates_open_and_a_single_seed_gets_reproduced(tmp_path, cache_dir):
@@ -235,6 +238,14 @@ def test_gates_open_and_a_single_seed_gets_reproduced(tmp_path, cache_dir):
     assert "gate S3 on synthetic: open" in log
     assert "A1 on synthetic: a1_zero needs reproduction" in log
     trials = load_trials([folder / s for s in _stages(folder)])
+    # two baselines: each ran only to its validation MSE (S0-select), and only the one chosen
+    # on it (the frozen one has none: it does not learn) streamed the whole test
+    assert "baseline on synthetic: online_base chosen on validation MSE (online_base " in log
+    select = trials[trials["experiment"] == "S0-select"]
+    assert set(select["variant"]) == {"frozen", "online_base"} and not select["valid"].any()
+    s0 = trials[trials["experiment"] == "S0"]
+    assert set(s0["variant"]) == {"online_base", "p2p7p8"} and s0["valid"].all()
+    assert "frozen" not in set(trials[trials["valid"]]["variant"])
     # three control seeds for the noise floor: S0 ran seed 0, S0-seeds 1 and 2, so the
     # reproduction on seed 1 runs the variant alone
     s0_seeds = trials[trials["experiment"] == "S0-seeds"]

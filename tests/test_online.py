@@ -225,3 +225,11 @@ def test_a_validation_only_run_never_reads_the_test_segment_and_reports_the_warm
     assert math.isnan(result.metrics["mse"]) and result.metrics["warmup_mse"] > 0
     with pytest.raises(ConfigError, match="online.warmup: true"):
         tiny({"online": {"test_stream": False, "warmup": False}})
+
+
+def test_a_selection_run_streams_the_first_share_of_the_test_windows(tiny, run_online):
+    full, _ = run_online(tiny())
+    part, _ = run_online(tiny({"online": {"test_share": 0.2}}))
+    assert part.metrics["steps"] == math.ceil(0.2 * full.metrics["steps"])
+    # the same windows as the full run's first ones (nothing after them was read)
+    assert torch.equal(part.curve, full.curve[: len(part.curve)])

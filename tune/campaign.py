@@ -1,7 +1,8 @@
 """``hmem campaign SPACE.yaml``: the plan's stages in order, with its rules deciding in between.
 
-    S0  the control and the CHRC-free baselines (S0-seeds: the control on further seeds, so
-        that every control has ``control_seeds``, 3 by default, for the noise floor)
+    S0  the control and the strongest CHRC-free baseline, chosen on validation by selection
+        runs that stop where the choice is made (S0-select); S0-seeds: the control on further
+        seeds, so that every control has ``control_seeds`` (3 by default) for the noise floor
     S1  A1: its first two variants (A1-base and the first beta), then the rest of the sweep
         unless those two made A1 ineffective; A2 on the datasets where A1 gained (plan 5.2)
     S2  B1, B3, B2 in that order, each the same way
@@ -75,12 +76,14 @@ class Campaign:
     # ------------------------------------------------------------------ running stages
 
     def run_stage(self, stage: str, variants: dict[str, dict], datasets: list[str],
-                  seeds: list[int] | None = None, futility: bool = True) -> None:
+                  seeds: list[int] | None = None, futility: bool = True,
+                  layers: dict[str, dict] | None = None) -> None:
         """Launch (or resume, or read back) one stage: these variants on these datasets.
 
         With ``futility`` (and ``options.stopping``), its variants are stopped for futility
         against the controls of S0, which ran first; S0 itself and reproduction stages (whose
-        controls run beside the variant, on new seeds) run every window."""
+        controls run beside the variant, on new seeds) run every window. ``layers`` adds config
+        overrides per dataset."""
         from tune.launcher import LaunchOptions  # noqa: PLC0415 (the launcher imports the trainable)
 
         if not variants or not datasets:
@@ -88,7 +91,8 @@ class Campaign:
         sub = self.space.model_copy(update={
             "name": stage,
             "variants": variants,
-            "datasets": {d: self.space.datasets[d] for d in datasets},
+            "datasets": {d: deep_merge(self.space.datasets[d], (layers or {}).get(d, {}))
+                         for d in datasets},
             "seeds": seeds or self.space.seeds,
             "stopping": self.space.stopping.model_copy(update={
                 "enabled": True, "controls": [str(self.folder / "S0")],
@@ -181,6 +185,38 @@ class Campaign:
                            {**self.pick(control), **self.pick([best])}, [row.dataset], seeds,
                            futility=False)
 
+    def choose_baselines(self, names: list[str], datasets: list[str]) -> dict[str, str]:
+        """The strongest CHRC-free baseline per dataset, chosen as the rules choose it, from
+        selection runs that stop where the choice is made (stage ``S0-select``): the warm-up
+        (validation) MSE where the dataset warms up (``online.test_stream: false``), else the
+        first ``selection_share`` of the test stream (``online.test_share``). Only the chosen
+        one then streams the whole test; the others are never a verdict's reference."""
+        if len(names) <= 1:
+            return {d: names[0] for d in datasets} if names else {}
+        share = self.options.rules.selection_share
+        warms = {d: self.space.trial_config(names[0], d).online.warmup for d in datasets}
+        layers = {d: {"online": {"test_stream": False} if warms[d] else {"test_share": share}}
+                  for d in datasets}
+        self.run_stage("S0-select", self.pick(names), datasets, futility=False, layers=layers)
+        runs = load_trials([self.stages[-1]])
+        runs = runs[runs["status"] == "TERMINATED"]
+        chosen = {}
+        for dataset in datasets:
+            rows = runs[runs["dataset"] == dataset]
+            score = (rows["warmup_mse"] if warms[dataset] else rows["mse"]
+                     ).groupby(rows["variant"]).mean()
+            score = score.dropna()
+            if score.empty:
+                raise AnalysisError(f"S0-select on {dataset}: no baseline has a validation MSE "
+                                    "to choose on (every one failed, or none learns online)")
+            chosen[dataset] = str(score.idxmin())
+            how = ("validation MSE" if warms[dataset]
+                   else f"MSE of the first {100 * share:g}% of test")
+            self.decide(f"baseline on {dataset}: {chosen[dataset]} chosen on {how} ("
+                        + ", ".join(f"{v} {m:.4f}" for v, m in score.sort_values().items())
+                        + "); only it runs the whole test stream")
+        return chosen
+
     def _regime_of(self, variant: str) -> BackboneRegime:
         first = next(iter(self.space.datasets))
         return self.space.trial_config(variant, first).backbone_regime
@@ -194,8 +230,13 @@ class Campaign:
         if not controls:
             raise ConfigError(f"{self.space.source}: a campaign needs a control variant (CHRC "
                               "on, no direction switched on), e.g. p2p7p8")
-        self.run_stage("S0", self.pick(groups.get(Direction.BASELINE, [])
-                                       + groups[Direction.CONTROL]), datasets)
+        chosen = self.choose_baselines(groups.get(Direction.BASELINE, []), datasets)
+        everywhere = list(set(chosen.values())) if len(set(chosen.values())) == 1 else []
+        self.run_stage("S0", self.pick(everywhere + groups[Direction.CONTROL]), datasets)
+        for baseline in dict.fromkeys(chosen.values()):  # datasets that chose differently
+            if baseline not in everywhere:
+                self.run_stage(f"S0-{baseline}", self.pick([baseline]),
+                               [d for d in datasets if chosen[d] == baseline])
         extra = sorted(set(range(self.options.control_seeds)) - set(self.space.seeds))
         if extra:  # the noise floor needs that many control seeds
             self.run_stage("S0-seeds", self.pick(groups[Direction.CONTROL]), datasets, extra)

@@ -31,7 +31,7 @@ from typing import Any
 import torch
 
 from hmem.artefacts import BaseForecasts, Pretrained, load_or_compute_base_forecasts
-from hmem.config import TrialConfig
+from hmem.config import OnlineConfig, TrialConfig
 from hmem.data.splits import PreparedData
 from hmem.errors import NumericalError
 from hmem.online.learner import OnlineLearner
@@ -147,6 +147,14 @@ class _Scores:
         self.scored = self._checked = int(state["scored"])
 
 
+def _share(starts: range, online: OnlineConfig) -> range:
+    """The test windows a run streams: none (``test_stream: false``), or the first
+    ``test_share`` of them (rounded up, as the rules' selection cut is)."""
+    if not online.test_stream:
+        return starts[:0]
+    return starts[: math.ceil(online.test_share * len(starts))]
+
+
 class OnlineRun:
     """One trial's online phase (warm-up, then test) as explicit, checkpointable state."""
 
@@ -172,8 +180,8 @@ class OnlineRun:
         L, H = data.seq_len, data.horizon
         self.streams = {
             "warmup": _limit(data.segments["val"].window_starts(L, H), cfg.data.max_val_windows),
-            "test": _limit(data.segments["test"].window_starts(L, H), cfg.data.max_test_windows)
-            if cfg.online.test_stream else range(0),
+            "test": _share(_limit(data.segments["test"].window_starts(L, H),
+                                  cfg.data.max_test_windows), cfg.online)
         }
         self.scores = {
             name: _Scores(starts, H, data.n_vars, device) for name, starts in self.streams.items()
