@@ -114,8 +114,7 @@ def _experiment(location: str, index: int) -> list[dict[str, Any]]:
             # Ray saves a running trial as PENDING, so the state file cannot tell them apart.
             note = "not finished (pending or running)"
         elif status != "TERMINATED":
-            note = f"trial {status.lower()}" + (f": {trial.error_file}" if status == "ERROR"
-                                                 and getattr(trial, "error_file", None) else "")
+            note = f"trial {status.lower()}" + _error_line(fs, trial_root)
         elif unreadable:
             note = unreadable
         elif cfg is not None and not cfg.online.test_stream:
@@ -136,6 +135,13 @@ def _experiment(location: str, index: int) -> list[dict[str, Any]]:
                 cfg = space.trial_config(cell.variant, cell.dataset, cell.seed, overrides)
                 rows.append(_row(where, cell, cfg, None, "NOT_STARTED", "not started", None, None))
     return rows
+
+
+def _error_line(fs: pyarrow.fs.FileSystem, trial_root: str) -> str:
+    """``: <the exception's last line>`` from the error.txt Ray keeps in the trial folder."""
+    text = _read_text(fs, f"{trial_root}/error.txt")
+    lines = [line for line in (text or "").splitlines() if line.strip()]
+    return f": {lines[-1].strip()} ({trial_root}/error.txt)" if lines else ""
 
 
 def _row(where: dict[str, Any], cell: Cell, cfg: TrialConfig | None,

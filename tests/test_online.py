@@ -225,6 +225,10 @@ def test_a_validation_only_run_never_reads_the_test_segment_and_reports_the_warm
     assert math.isnan(result.metrics["mse"]) and result.metrics["warmup_mse"] > 0
     with pytest.raises(ConfigError, match="online.warmup: true"):
         tiny({"online": {"test_stream": False, "warmup": False}})
+    # a model that does not learn has no warm-up: such a run ends at once, with no score at all
+    still = tiny({"online": {"test_stream": False}, "chrc": {"enabled": False}})
+    done = OnlineRun(still, data, load_or_pretrain(still, data, cache_dir))
+    assert len(list(done.reports(10))) == 1 and done.result().metrics["warmup_mse"] is None
 
 
 def test_a_selection_run_streams_the_first_share_of_the_test_windows(tiny, run_online):

@@ -267,6 +267,9 @@ class OnlineRun:
     def _take_cached_forecasts(self) -> None:
         """Nothing learns: every forecast is the cached one, scored in one vectorised pass."""
         starts, scores = self.streams["test"], self.scores["test"]
+        if not starts:  # no test stream (a validation-only run of a frozen model)
+            self.phase = Phase.DONE
+            return
         self.series.reveal_until(starts[-1] + self.series.seq_len + self.series.horizon)
         first = starts[0] - self.base.first_start
         forecasts = self.base.forecasts[first : first + len(starts)]
