@@ -26,7 +26,7 @@ from hmem.artefacts import load_or_pretrain
 from hmem.data import prepare
 from hmem.online import run_trial
 from hmem.spaces import Cell, load_space
-from tune.launcher import LaunchOptions, Selection, launch
+from tune.launcher import LaunchOptions, Selection, format_report, launch
 
 REPO = Path(__file__).resolve().parents[1]
 HMEM = [sys.executable, "-m", "hmem.cli"]
@@ -319,6 +319,9 @@ def test_tuning_on_validation_never_streams_the_test_segment(tmp_path, cache_dir
     assert report.trials == 4 and report.errored == 0
     best = report.best[0]
     assert best["variant"] == "p2p7p8" and best["warmup_mse"] > 0
+    printed = format_report(report)  # what the command line prints
+    assert f"warmup_mse {best['warmup_mse']:.4f}" in printed
+    assert f"--set online.lr={best['sampled']['online.lr']!r}" in printed
     trials = _trials(Path(report.experiment_path))
     finished = [f for f in trials.values() if (f / "metrics.json").exists()]
     scores = [json.loads((f / "metrics.json").read_text()) for f in finished]

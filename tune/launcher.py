@@ -76,6 +76,7 @@ class LaunchReport:
     seconds: float
     best: list[dict[str, Any]]
     backbones: int
+    metric: str = "mse"  # what "best" was judged on (the search's metric)
 
     @property
     def trials_per_hour(self) -> float:
@@ -273,24 +274,30 @@ def _summarise(results: ray.tune.ResultGrid, exp_path: str, seconds: float, back
                space: SearchSpace) -> LaunchReport:
     metric, sign = space.search.metric, 1 if space.search.mode == "min" else -1
     # Trials that streamed to the end (ASHA-stopped ones end early, without the final metrics).
-    finished = [r.metrics for r in results if r.error is None and "regime" in r.metrics]
-    best: dict[str, dict[str, Any]] = {}
-    for metrics in finished:
-        dataset = metrics["dataset"]
-        if dataset not in best or sign * metrics[metric] < sign * best[dataset][metric]:
-            best[dataset] = metrics
-    rows = [{"dataset": d, "variant": m["variant"], "seed": m["seed"], metric: m[metric],
-             "regime": m["regime"]} for d, m in best.items()]
-    return LaunchReport(exp_path, len(results), len(results.errors), seconds, rows, backbones)
+    finished = [r for r in results if r.error is None and "regime" in r.metrics]
+    best: dict[str, ray.tune.Result] = {}
+    for result in finished:
+        dataset, value = result.metrics["dataset"], result.metrics[metric]
+        if dataset not in best or sign * value < sign * best[dataset].metrics[metric]:
+            best[dataset] = result
+    rows = [{"dataset": d, "variant": r.metrics["variant"], "seed": r.metrics["seed"],
+             metric: r.metrics[metric], "regime": r.metrics["regime"],
+             "sampled": (r.config or {}).get("sampled", {})} for d, r in best.items()]
+    return LaunchReport(exp_path, len(results), len(results.errors), seconds, rows, backbones,
+                        metric)
 
 
-def format_report(report: LaunchReport, metric: str = "mse") -> str:
+def format_report(report: LaunchReport) -> str:
+    metric = report.metric
     lines = [f"{report.trials} trial(s), {report.errored} errored, in {report.seconds:.0f} s "
              f"({report.trials_per_hour:.1f} trials/hour); {report.backbones} backbone(s) "
              f"pretrained or loaded once"]
     for row in report.best:
         lines.append(f"best on {row['dataset']}: {row['variant']} seed {row['seed']} "
                      f"{metric} {row[metric]:.4f} [{row['regime']}]")
+        if row.get("sampled"):  # an Optuna search: what to pass to run it again
+            lines.append("  " + " ".join(f"--set {key}={value!r}"
+                                         for key, value in row["sampled"].items()))
     lines.append(f"results: {report.experiment_path}")
     lines.append(f"TensorBoard: tensorboard --logdir {report.experiment_path}")
     return "\n".join(lines)
