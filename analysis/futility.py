@@ -77,19 +77,36 @@ class Look:
                 "level": self.level, "look": self.index}
 
 
+@dataclass
+class FutilityMonitor:
+    """One run's looks, in order: call :meth:`look` with the losses scored so far (a trial at
+    each report, or a finished stream at once)."""
+
+    rule: FutilityRule
+    control: np.ndarray
+    horizon: int
+    next_look: int = 0
+
+    def look(self, seen: np.ndarray) -> Look | None:
+        """The latest look that ``seen`` windows allow (the stopping one, if any look stops)."""
+        looks = self.rule.looks(len(self.control))
+        latest = None
+        while self.next_look < len(looks) and looks[self.next_look] <= len(seen):
+            try:
+                latest = self.rule.check(self.control, seen, self.next_look, self.horizon)
+            except ValueError:  # too few windows for the batch means at this look
+                latest = None
+            self.next_look += 1
+            if latest is not None and latest.stop:
+                break
+        return latest
+
+
 def first_stop(rule: FutilityRule, control: np.ndarray, variant: np.ndarray,
                horizon: int) -> Look | None:
     """The look at which ``rule`` stops ``variant`` (a finished stream), or None."""
-    for index, n in enumerate(rule.looks(len(control))):
-        if n > len(variant):
-            break
-        try:
-            look = rule.check(control, variant, index, horizon)
-        except ValueError:  # too few windows for the batch means yet
-            continue
-        if look.stop:
-            return look
-    return None
+    look = FutilityMonitor(rule, control, horizon).look(variant)
+    return look if look is not None and look.stop else None
 
 
 # ----------------------------------------------------------------------------- replay

@@ -26,7 +26,7 @@ import ray.tune
 import torch
 from torch.utils.tensorboard import SummaryWriter
 
-from analysis.futility import Look
+from analysis.futility import FutilityMonitor, Look
 from hmem.artefacts import backbone_key
 from hmem.config import TrialConfig, deep_merge, dotted_to_tree
 from hmem.data.splits import prepare
@@ -35,7 +35,7 @@ from hmem.online.runner import OnlineRun, Progress
 from hmem.spaces import Cell, SearchSpace
 from hmem.trial import TrialArtefacts, describe, write_config, write_results
 from tune.artefacts import unpack
-from tune.futility import STOP, FutilityMonitor, pair_key, rule_of
+from tune.futility import STOP, pair_key, rule_of
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +52,7 @@ class TrialContext:
     cache_dir: str
     backbones: dict[str, ray.ObjectRef]  # backbone key -> shipped artefacts
     overrides: dict[str, Any]  # --set overrides applied to every trial
-    controls: dict[str, np.ndarray] = field(default_factory=dict)  # futility: pair key -> losses
+    controls: dict[tuple, np.ndarray] = field(default_factory=dict)  # futility: pair key -> losses
 
     def search_space(self) -> SearchSpace:
         space = SearchSpace.model_validate(self.space)
@@ -155,7 +155,9 @@ def _futility_monitor(trial: _Trial, context: TrialContext) -> FutilityMonitor |
     stopping = trial.space.stopping
     if not stopping.enabled or trial.cfg.direction in (Direction.CONTROL, Direction.BASELINE):
         return None
-    control = context.controls.get(pair_key(trial.cfg, trial.artefacts.pretrained.key))
+    cfg = trial.cfg
+    control = context.controls.get(pair_key(trial.cell.dataset, cfg.seed,
+                                            trial.artefacts.pretrained.key, cfg.backbone_regime))
     if control is None:
         log.warning("trial %s: no finished control run with its dataset, seed and backbone in "
                     "%s; it runs to the end", trial.cell.label(), ", ".join(stopping.controls))
