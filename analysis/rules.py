@@ -479,7 +479,10 @@ def verdicts(variants: pd.DataFrame, rules: Rules = Rules()) -> pd.DataFrame:
 
 def _direction_order(label: str) -> int:
     """Plan 5.2's order; a label this version does not know sorts last."""
-    return Direction(label).order if label in Direction._value2member_map_ else len(Direction)
+    try:
+        return Direction(label).order
+    except ValueError:
+        return len(Direction)
 
 
 def _verdict_text(row: dict, rules: Rules, direction: str) -> str:
