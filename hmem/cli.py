@@ -352,11 +352,17 @@ def _cmd_pretrain_encoder(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_tune_launch(args: argparse.Namespace) -> int:
+def _keep_ray_local(args: argparse.Namespace) -> None:
+    """A command that starts its own Ray (no ``--address``) keeps it on 127.0.0.1: the switch
+    must be set before anything imports Ray (tune/loopback.py)."""
     if args.address is None:
         from tune.loopback import keep_embedded_ray_on_loopback
 
         keep_embedded_ray_on_loopback()
+
+
+def _cmd_tune_launch(args: argparse.Namespace) -> int:
+    _keep_ray_local(args)
     from tune.launcher import LaunchOptions, format_report, launch
 
     options = LaunchOptions(address=args.address, storage=args.storage, name=args.name,
@@ -455,6 +461,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 
 def _cmd_campaign(args: argparse.Namespace) -> int:
+    _keep_ray_local(args)
     from tune.campaign import CampaignOptions, run_campaign
 
     options = CampaignOptions(address=args.address, storage=args.storage, name=args.name,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -83,3 +84,16 @@ def test_console_script_is_installed():
     result = subprocess.run([sys.executable, "-m", "hmem.cli", "run", "--help"],
                             capture_output=True, text=True, check=True)
     assert "--variant" in result.stdout and "--set" in result.stdout
+
+
+@pytest.mark.parametrize("command", [["tune", "launch"], ["campaign"]])
+def test_commands_that_start_ray_keep_it_on_loopback(command, tmp_path):
+    """Every command that starts its own Ray sets the loopback switch before Ray is imported
+    (a campaign once imported Ray first, and its embedded instance took the outward address)."""
+    probe = ("import os, sys; from hmem.cli import main; "
+             f"code = main({[*command, str(tmp_path / 'missing.yaml')]!r}); "
+             "print(code, 'ray' in sys.modules, os.environ.get('RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER'))")
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"}
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                            env=env, check=True)
+    assert result.stdout.split() == ["2", "True", "0"], result.stdout + result.stderr
