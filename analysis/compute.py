@@ -2,8 +2,9 @@
 
 A trial-hour is one trial running for an hour (its ``seconds_total``: set-up, warm-up and test
 stream, the cores it was given); it is the unit in which a campaign is compared with the
-exhaustive grid. A run stopped for futility is also costed as if it had run to the end (its
-seconds scaled by the windows it skipped), so that the saving is visible.
+exhaustive grid. A run stopped for futility, or a selection run that streamed part of the data,
+is also costed as if it had run to the end (its seconds scaled by the windows it skipped), so that
+the saving is visible and the grid's estimate is not taken from partial runs.
 """
 
 from __future__ import annotations
@@ -11,10 +12,20 @@ from __future__ import annotations
 import pandas as pd
 
 
-def _full_stream_seconds(row) -> float:
-    if bool(row.get("stopped", False)) and row["stopped_window"] > 0:
-        return float(row["wall_s"]) * float(row["stopped_of"]) / float(row["stopped_window"])
-    return float(row["wall_s"])
+def _full_stream_seconds(done: pd.DataFrame) -> pd.Series:
+    """Seconds each run would have taken had it streamed every window: its wall time scaled by
+    the windows of a full run (warm-up and the whole test stream) over the windows it ran.
+
+    That costs a run stopped for futility to the end, and so too a selection run that streamed
+    only the warm-up or the first share of the test (``online.test_stream: false``,
+    ``online.test_share``). A dataset's test length is the longest any of its runs streamed or
+    was stopped out of. Set-up is scaled with the rest, which errs on the dear side."""
+    windows = done["steps"].fillna(0)
+    of = done["stopped_of"].where(done["stopped"]).fillna(0)
+    test = pd.concat([windows, of], axis=1).max(axis=1).groupby(done["dataset"]).transform("max")
+    warmup = done["warmup_steps"].fillna(0) if "warmup_steps" in done else 0.0
+    ran = warmup + windows
+    return (done["wall_s"] * (warmup + test) / ran.where(ran > 0)).astype(float)
 
 
 def compute_table(trials: pd.DataFrame) -> pd.DataFrame:
@@ -26,7 +37,7 @@ def compute_table(trials: pd.DataFrame) -> pd.DataFrame:
                                      "without_stopping"])
     if "stopped" not in done:
         done["stopped"] = False
-    done["full_s"] = [_full_stream_seconds(row) for _, row in done.iterrows()]
+    done["full_s"] = _full_stream_seconds(done)
     table = done.groupby("experiment", sort=False).agg(
         runs=("wall_s", "size"), stopped=("stopped", "sum"), trial_hours=("wall_s", "sum"),
         without_stopping=("full_s", "sum")).reset_index()
@@ -50,7 +61,7 @@ def exhaustive_hours(trials: pd.DataFrame, cells: pd.DataFrame) -> tuple[float, 
     done = trials[trials["wall_s"].notna()].copy()
     if "stopped" not in done:
         done["stopped"] = False
-    done["full_s"] = [_full_stream_seconds(row) for _, row in done.iterrows()]
+    done["full_s"] = _full_stream_seconds(done)
     done["chrc"] = done["direction"] != "baseline"
     by_variant = done.groupby(["variant", "dataset"])["full_s"].mean()
     by_kind = done.groupby(["dataset", "backbone_frozen", "chrc"])["full_s"].mean()

@@ -61,24 +61,33 @@ def test_on_simulated_streams_a_real_gain_runs_on_and_a_null_is_stopped(kind, ca
     assert null.wrong <= 0.05
 
 
-def test_compute_counts_trial_hours_and_costs_a_stopped_run_as_if_it_ran_to_the_end():
+def _run(experiment, wall_s, steps, warmup_steps=0, stopped_of=None, **row):
+    """A loaded trial row as far as compute needs it (a test stream of 4000 windows)."""
+    return {"experiment": experiment, "dataset": "ETTm1", "wall_s": wall_s, "steps": steps,
+            "warmup_steps": warmup_steps, "stopped": stopped_of is not None,
+            "stopped_window": steps if stopped_of else math.nan,
+            "stopped_of": stopped_of or math.nan, **row}
+
+
+def test_compute_counts_trial_hours_and_costs_partial_runs_as_if_they_ran_to_the_end():
     import pandas as pd
 
     from analysis.compute import compute_table
 
     trials = pd.DataFrame([
-        {"experiment": "S0", "wall_s": 3600.0, "stopped": False, "stopped_window": math.nan,
-         "stopped_of": math.nan},
-        {"experiment": "A1", "wall_s": 900.0, "stopped": True, "stopped_window": 1000,
-         "stopped_of": 4000},
-        {"experiment": "A1", "wall_s": math.nan, "stopped": False, "stopped_window": math.nan,
-         "stopped_of": math.nan},  # never ran: costs nothing
+        _run("S0", 3600.0, 4000),
+        _run("A1", 900.0, 1000, stopped_of=4000),  # stopped for futility at a quarter
+        _run("A1", math.nan, math.nan),  # never ran: costs nothing
+        _run("select", 720.0, 0, warmup_steps=1000),  # validation only: 1000 of 5000 windows
+        _run("select", 200.0, 800, warmup_steps=1000),  # warm-up, then 20 % of the test
     ])
     table = compute_table(trials).set_index("experiment")
     assert table.loc["A1", "runs"] == 1 and table.loc["A1", "stopped"] == 1
     assert table.loc["A1", "trial_hours"] == 0.25 and table.loc["A1", "without_stopping"] == 1.0
-    assert table.loc["total", "trial_hours"] == 1.25
-    assert table.loc["total", "without_stopping"] == 2.0
+    assert table.loc["select", "trial_hours"] == pytest.approx(920 / 3600)
+    assert table.loc["select", "without_stopping"] == pytest.approx((720 * 5 + 200 * 5 / 1.8)
+                                                                     / 3600)
+    assert table.loc["total", "trial_hours"] == pytest.approx(1.25 + 920 / 3600)
 
 
 def test_the_exhaustive_grid_is_costed_from_the_runs_measured():
@@ -86,20 +95,20 @@ def test_the_exhaustive_grid_is_costed_from_the_runs_measured():
 
     from analysis.compute import exhaustive_hours
 
-    run = {"dataset": "ETTm1", "stopped": False, "stopped_window": math.nan,
-           "stopped_of": math.nan}
     trials = pd.DataFrame([
-        {**run, "variant": "p2p7p8", "direction": "control", "backbone_frozen": False,
-         "wall_s": 3600.0},
-        {**run, "variant": "a1", "direction": "A1", "backbone_frozen": False, "wall_s": 1800.0,
-         "stopped": True, "stopped_window": 1000, "stopped_of": 2000},  # 1 h to the end
-        {**run, "variant": "frozen", "direction": "baseline", "backbone_frozen": True,
-         "wall_s": 360.0},
+        _run("S0", 3600.0, 4000, variant="p2p7p8", direction="control", backbone_frozen=False),
+        _run("A1", 1800.0, 2000, stopped_of=4000, variant="a1", direction="A1",
+             backbone_frozen=False),  # 1 h to the end
+        _run("S0", 360.0, 4000, variant="frozen", direction="baseline", backbone_frozen=True),
+        # a selection run on the first 10 % of the test: 0.5 h to the end, not 0.05 h
+        _run("select", 180.0, 400, variant="online", direction="baseline",
+             backbone_frozen=False),
     ])
     cells = pd.DataFrame([
         {"variant": v, "dataset": "ETTm1", "frozen": f, "chrc": c}
         for v, f, c in [("p2p7p8", False, True), ("p2p7p8", False, True), ("a1", False, True),
                         ("a2", False, True),  # never ran: costed as an online CHRC run
-                        ("frozen", True, False), ("b3_frozen", True, True)]])  # unknown kind
+                        ("frozen", True, False), ("online", False, False),
+                        ("b3_frozen", True, True)]])  # unknown kind
     hours, unknown = exhaustive_hours(trials, cells)
-    assert hours == pytest.approx(1 + 1 + 1 + 1 + 0.1) and unknown == 1
+    assert hours == pytest.approx(1 + 1 + 1 + 1 + 0.1 + 0.5) and unknown == 1
