@@ -9,7 +9,8 @@ warm-up). One step is what the online loop does per test window: update on the r
 (forward, backward, AdamW, memory write) and forecast the current one. Memories are filled first
 (the validation warm-up, then test steps until every bucket holds ``capacity`` entries), so the
 timed steps pay for full-size retrieval and eviction. One torch thread unless --threads says
-otherwise. Prints median, 10th / 90th percentile and mean per variant and mode.
+otherwise. Prints median, 10th / 90th percentile and mean per variant and mode; ``--profile N``
+adds torch.profiler's table of the operators that took the most time over N more steps.
 """
 
 from __future__ import annotations
@@ -61,6 +62,13 @@ def time_variant(
         began = time.perf_counter()
         step(start)
         times.append((time.perf_counter() - began) * 1000.0)
+    if args.profile:
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+            for _ in range(args.profile):
+                step(next(cursor))
+        print(f"\n{variant}, {'compiled' if compiled else 'eager'}: torch.profiler over "
+              f"{args.profile} steps (self CPU time)")
+        print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=args.rows))
     return times
 
 
@@ -74,6 +82,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--steps", type=int, default=2000)
     parser.add_argument("--warm", type=int, default=200)
+    parser.add_argument("--profile", type=int, default=0, metavar="STEPS",
+                        help="after timing, profile this many steps and print the top operators")
+    parser.add_argument("--rows", type=int, default=20, help="rows of the profiler table")
     parser.add_argument("--modes", nargs="+", default=["eager", "compiled"],
                         choices=["eager", "compiled"], help="runtime.compile off / on")
     args = parser.parse_args()

@@ -308,6 +308,14 @@ class RuntimeConfig(_Config):
         False, description="torch.compile the online hot path: about half the ms/step once "
         "compiled, after a one-off compilation of tens of seconds per trial"
     )
+    compile_mode: Literal["default", "reduce-overhead"] = Field(
+        "default", description="torch.compile mode of runtime.compile; reduce-overhead captures "
+        "the step in CUDA graphs on a GPU (the same as default on the CPU)"
+    )
+    sync_free: bool = Field(
+        False, description="never read a device value back to the host in the online step, as "
+        "on a GPU (where it is always so): the CPU skips a no-op clip by reading the norm"
+    )
     probe_every: int = Field(
         50, ge=0, description="measure how much each direction's mechanism acts on every N-th "
         "test forecast (reads only; 0 switches it off)"

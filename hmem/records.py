@@ -105,6 +105,8 @@ class TrialMetrics(_Record):
     corrected_fraction: float
     memory_entries: list[int]
     trainable_parameters: int
+    device_memory_mb: float | None = Field(
+        None, description="peak GPU memory of the trial's process (None on the CPU)")
     acted: dict[str, float] = Field(
         default_factory=dict, description="the mechanism probe's figures, 'acted/...' in the file")
     # identity and regime

@@ -76,3 +76,12 @@ def run_online(cache_dir):
         return run_trial(cfg, data, pretrained, base=base, keep_forecasts=True), data
 
     return run
+
+
+@pytest.fixture
+def ray_shutdown():
+    """Stops the embedded Ray a test's launch started (a launch leaves it up for the next)."""
+    yield
+    import ray
+
+    ray.shutdown()

@@ -159,3 +159,37 @@ def test_memory_state_survives_state_dict_round_trip():
     assert clone.size == 7 and clone.writes == 7
     query = _unit(8, seed=5)
     assert torch.equal(clone.search(query, 2).slots, memory.search(query, 2).slots)
+
+
+@pytest.mark.parametrize("importance", [0.4, 5.0])  # 5.0: recent entries get evicted too
+def test_visibility_is_decided_on_the_host_once_certain_and_always_agrees_with_a_count(
+        importance, monkeypatch):
+    """The update's "enough visible entries?" must equal counting them on the device, and in the
+    steady state (memory fuller than min_entries plus a horizon) it must not read the device."""
+    horizon, count = 7, 4
+    cfg = MemoryConfig(capacity=12, min_entries=count, evict_importance=importance)
+    memory = ErrorMemory(cfg, 8, 6)
+    gen = torch.Generator().manual_seed(3)
+    for origin in range(60):
+        latest = origin - horizon  # the update of window `origin` may see windows up to this
+        assert memory.sees(latest, count) == (memory.visible(latest) >= count), origin
+        memory.write(_unit(8, seed=origin), torch.randn(6, generator=gen), origin)
+    counted = []
+    monkeypatch.setattr(memory, "visible", lambda latest: counted.append(latest) or 0)
+    assert memory.sees(60 - horizon, count) and not counted  # 12 stored, at most 6 hidden
+    # a checkpoint carries what the host knows; an older one without it counts on the device
+    clone = ErrorMemory(cfg, 8, 6)
+    clone.load_state_dict(memory.state_dict())
+    assert clone._recent == memory._recent
+    state = memory.state_dict()
+    state["_extra_state"] = {"size": memory.size, "writes": memory.writes}
+    clone.load_state_dict(state)
+    assert clone._recent is None and clone.sees(60 - horizon, count)
+
+
+def test_writes_out_of_stream_order_fall_back_to_counting():
+    memory = ErrorMemory(MemoryConfig(capacity=10, min_entries=2), 8, 6)
+    for origin in (5, 6, 7, 1):  # window 1 written after 7: the host bound no longer holds
+        memory.write(_unit(8, seed=origin), torch.zeros(6), origin)
+    assert memory._recent is None
+    assert memory.sees(1, 1) and not memory.sees(1, 2) and memory.sees(6, 3)

@@ -237,3 +237,27 @@ def test_a_selection_run_streams_the_first_share_of_the_test_windows(tiny, run_o
     assert part.metrics["steps"] == math.ceil(0.2 * full.metrics["steps"])
     # the same windows as the full run's first ones (nothing after them was read)
     assert torch.equal(part.curve, full.curve[: len(part.curve)])
+
+
+def test_runs_from_one_set_of_artefacts_start_from_the_same_pretrained_backbone(tiny, cache_dir):
+    """A learner trains its own copy of the backbone: the pretrained one stays as loaded, so a
+    second run from the same artefacts (a benchmark, the GPU check) gives the same numbers."""
+    cfg = tiny({"backbone": {"online_lr_scale": 1.0}})
+    data = prepare(cfg.data)
+    pretrained = load_or_pretrain(cfg, data, cache_dir)
+    before = {k: v.clone() for k, v in pretrained.model.state_dict().items()}
+    first = run_trial(cfg, data, pretrained)
+    assert all(torch.equal(before[k], v) for k, v in pretrained.model.state_dict().items())
+    assert run_trial(cfg, data, pretrained).metrics["mse"] == first.metrics["mse"]
+
+
+@pytest.mark.parametrize("clip", [1.0, 1e-4])  # 1e-4: every step clips
+def test_the_sync_free_step_gives_the_same_numbers(tiny, run_online, clip):
+    """``runtime.sync_free`` is the GPU's step on the CPU: nothing read back (the clip always
+    multiplies, the retrieval limit stays on the device); it must change no number."""
+    layers = {"backbone": {"online_lr_scale": 0.1}, "online": {"grad_clip": clip},
+              "snma": {"enabled": True}}
+    default, _ = run_online(tiny(layers))
+    free, _ = run_online(tiny(layers, {"runtime": {"sync_free": True}}))
+    assert torch.equal(default.forecasts, free.forecasts)
+    assert default.metrics["mse"] == free.metrics["mse"]

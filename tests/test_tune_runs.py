@@ -32,12 +32,6 @@ REPO = Path(__file__).resolve().parents[1]
 HMEM = [sys.executable, "-m", "hmem.cli"]
 
 
-@pytest.fixture
-def ray_shutdown():
-    yield
-    ray.shutdown()
-
-
 def _trials(experiment: Path) -> dict[str, Path]:
     """Trial label (``variant-dataset-sSEED``, plus the folder for sampled trials) -> folder."""
     trials = {}

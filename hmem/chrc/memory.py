@@ -18,6 +18,7 @@ Semantics (reference section 3):
 
 from __future__ import annotations
 
+from collections import deque
 from typing import TYPE_CHECKING, NamedTuple
 
 import torch
@@ -57,6 +58,9 @@ class ErrorMemory(nn.Module):
         self.register_buffer("empty", torch.full((cap,), float("-inf")))
         self.size = 0  # host-side counters: no device sync to know them
         self.writes = 0
+        # origins of the latest writes, in order, while they never decrease (the online loop
+        # writes windows in stream order): bounds what a retrieval may not see without a sync
+        self._recent: deque[int] | None = deque(maxlen=cfg.capacity)
 
     @property
     def ready(self) -> bool:
@@ -70,10 +74,32 @@ class ErrorMemory(nn.Module):
         self.empty.fill_(float("-inf"))
         self.size = 0
         self.writes = 0
+        self._recent = deque(maxlen=self.cfg.capacity)
 
     def visible(self, latest_origin: int) -> int:
         """How many stored entries come from windows starting at or before ``latest_origin``."""
         return int(((self.origin <= latest_origin) & (self.empty == 0)).sum())
+
+    def sees(self, latest_origin: int, count: int) -> bool:
+        """Whether at least ``count`` stored entries come from windows starting at or before
+        ``latest_origin`` (``visible(latest_origin) >= count``).
+
+        Decided on the host when it can be: the entries a retrieval may not see were written by
+        the writes of later windows, so ``size`` minus their number is a lower bound of what it
+        sees. Once the memory holds more than ``count`` plus a horizon of entries that bound
+        settles it, and the online step reads nothing back from the device; before that (or after
+        writes out of stream order) it counts on the device."""
+        if self.size < count:
+            return False
+        if self._recent is not None:
+            later = 0
+            for origin in reversed(self._recent):
+                if origin <= latest_origin:
+                    break
+                later += 1
+            if self.size - later >= count:
+                return True
+        return self.visible(latest_origin) >= count
 
     def hidden(self, latest_origin: torch.Tensor | int | None = None) -> torch.Tensor:
         """``[capacity]``: 0 for an entry a retrieval may see, -inf for an empty slot and for an
@@ -153,6 +179,11 @@ class ErrorMemory(nn.Module):
         self.importance[slot] = value.abs().mean()
         self.origin[slot] = origin
         self.writes += 1
+        if self._recent is not None:
+            if self._recent and origin < self._recent[-1]:
+                self._recent = None  # out of order: sees() counts on the device from now on
+            else:
+                self._recent.append(origin)
         return slot
 
     def _eviction_slot(self) -> torch.Tensor:
@@ -166,9 +197,12 @@ class ErrorMemory(nn.Module):
         return score.argmin()
 
     # Host-side counters travel with the buffers in checkpoints.
-    def get_extra_state(self) -> dict[str, int]:
-        return {"size": self.size, "writes": self.writes}
+    def get_extra_state(self) -> dict[str, object]:
+        recent = None if self._recent is None else list(self._recent)
+        return {"size": self.size, "writes": self.writes, "recent": recent}
 
-    def set_extra_state(self, state: dict[str, int]) -> None:
+    def set_extra_state(self, state: dict[str, object]) -> None:
         self.size = int(state["size"])
         self.writes = int(state["writes"])
+        recent = state.get("recent")  # absent from older checkpoints: count on the device
+        self._recent = None if recent is None else deque(recent, maxlen=self.cfg.capacity)

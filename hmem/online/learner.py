@@ -21,6 +21,7 @@ The backbone runs in eval mode online (no dropout): a batch-size-one step gains 
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -87,7 +88,10 @@ class OnlineLearner(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.trains_backbone = not cfg.backbone.frozen_online
-        self.backbone = backbone.eval().requires_grad_(self.trains_backbone).to(device)
+        # A copy: the learner trains (and flattens) its backbone in place, and the pretrained
+        # one must stay as loaded for the next run made from the same artefacts.
+        self.backbone = copy.deepcopy(backbone).eval().requires_grad_(self.trains_backbone)
+        self.backbone = self.backbone.to(device)
         if cfg.uses_pretrained_encoder and encoder is None:
             raise ValueError("chrc.contrastive is on: pass the pretrained encoder "
                              "(hmem.variants.contrastive.load_or_pretrain_encoder)")
@@ -103,6 +107,11 @@ class OnlineLearner(nn.Module):
             self.bank.load_frozen_encoder(encoder)
         # Sum of applied gates over corrected forecasts (a diagnostic for TensorBoard).
         self.register_buffer("gate_sum", torch.zeros((), device=device))
+        # Reading a value back to the host (to skip work) is free on the CPU and stalls a GPU
+        # (and breaks a CUDA graph): the step does it only on the CPU, unless runtime.sync_free.
+        self._host_reads = torch.device(device).type == "cpu" and not cfg.runtime.sync_free
+        # the update's retrieval limit, refilled in place: no new tensor (or copy) per step
+        self._limit = torch.zeros((), dtype=torch.long, device=device)
         self.corrected = 0  # forecasts that had a correction
 
         lr = cfg.online.lr
@@ -119,8 +128,10 @@ class OnlineLearner(nn.Module):
         )
         hot = _HotPaths(self.backbone, corrected_forecast, _forecast_only)
         if cfg.runtime.compile:
-            hot = _HotPaths(*(torch.compile(fn) for fn in (hot.backbone, hot.update_correction,
-                                                           hot.forecast_correction)))
+            mode = cfg.runtime.compile_mode
+            hot = _HotPaths(*(torch.compile(fn, mode=mode)
+                              for fn in (hot.backbone, hot.update_correction,
+                                         hot.forecast_correction)))
         self._hot = hot
 
     @property
@@ -158,9 +169,10 @@ class OnlineLearner(nn.Module):
             bucket = series.bucket(start)
             module = self.bank[bucket]
             latest = self._latest_visible(start, series.horizon)
-            visible = module.memory.size if latest is None else module.memory.visible(latest)
-            if visible >= self.cfg.chrc.memory.min_entries:
-                limit = None if latest is None else torch.tensor(latest, device=base.device)
+            min_entries = self.cfg.chrc.memory.min_entries
+            if (module.memory.size >= min_entries if latest is None
+                    else module.memory.sees(latest, min_entries)):
+                limit = None if latest is None else self._limit.fill_(latest)
                 prediction, query, _ = self._hot.update_correction(
                     module, series.pogt(start), base, limit, shift
                 )
@@ -202,10 +214,21 @@ class OnlineLearner(nn.Module):
         if self._snma_part is not None:
             parts.append(self._snma_part)
         if self.cfg.online.grad_clip:
-            torch.nn.utils.clip_grad_norm_([p.flat for p in parts], self.cfg.online.grad_clip)
+            self._clip([part.flat for part in parts])
         for part in parts:
             part.optimiser.step()
             part.flat.grad.zero_()  # in place: the parameters' .grad are views of it
+
+    def _clip(self, flats: list[nn.Parameter]) -> None:
+        """``clip_grad_norm_``, the same numbers: the joint norm, then the gradients times
+        ``min(1, max_norm / (norm + 1e-6))``. On the CPU, where reading the norm costs nothing,
+        the multiplication is skipped when that factor is exactly 1 (most steps); on a GPU it
+        always runs, so the step never waits for the device."""
+        max_norm = self.cfg.online.grad_clip
+        norm = torch.nn.utils.get_total_norm([flat.grad for flat in flats])
+        if self._host_reads and bool(max_norm / (norm + 1e-6) >= 1.0):
+            return
+        torch.nn.utils.clip_grads_with_norm_(flats, max_norm, norm)
 
     @torch.inference_mode()
     def predict(self, series: RevealedSeries, start: int) -> torch.Tensor:

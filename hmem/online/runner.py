@@ -80,6 +80,13 @@ class RunResult:
     forecasts: torch.Tensor | None = field(default=None, repr=False)  # [N, H, C] if kept
 
 
+def _peak_device_memory_mb(device: torch.device) -> float | None:
+    """Peak GPU memory this process allocated (trials sharing a GPU each report their own)."""
+    if device.type != "cuda":
+        return None
+    return torch.cuda.max_memory_allocated(device) / 2**20
+
+
 def resolve_device(cfg: TrialConfig) -> torch.device:
     """``auto`` takes the GPU when this process was given one (a Ray GPU trial), else the CPU."""
     if cfg.runtime.device == "auto":
@@ -337,6 +344,7 @@ class OnlineRun:
             "corrected_fraction": learner.corrected / steps if steps else math.nan,
             "memory_entries": [m.memory.size for m in learner.bank] if learner.bank else [],
             "trainable_parameters": learner.trainable_parameters,
+            "device_memory_mb": _peak_device_memory_mb(self.scores["test"].mse.device),
             **learner.probe.summary(),
         }
         return RunResult(metrics, test.mse[:scored].cpu(), test.mae[:scored].cpu(),

@@ -45,6 +45,12 @@ class SNMALight(nn.Module):
         self.register_buffer("state", torch.zeros(m))
         self.register_buffer("history", torch.zeros(horizon, m))  # state at each recent forecast
         self.register_buffer("windows", torch.zeros((), dtype=torch.long))  # forecasts made
+        self.forecasts = 0  # the same count on the host: beta_t never reads the device
+        self.register_load_state_dict_post_hook(SNMALight._count_loaded)
+
+    @staticmethod
+    def _count_loaded(module: SNMALight, _keys) -> None:
+        module.forecasts = int(module.windows)
 
     def features(self, pogt: torch.Tensor) -> torch.Tensor:
         """``[P, C]`` -> ``h [m]``."""
@@ -68,7 +74,7 @@ class SNMALight(nn.Module):
         """``beta_t``: the ramp over ``beta_warmup_windows`` forecasts, then ``beta``."""
         if not self.cfg.beta_warmup_windows:
             return self.cfg.beta
-        return self.cfg.beta * min(1.0, int(self.windows) / self.cfg.beta_warmup_windows)
+        return self.cfg.beta * min(1.0, self.forecasts / self.cfg.beta_warmup_windows)
 
     def state_at_forecast(self, window: int) -> torch.Tensor:
         """The memory state the forecast of ``window`` used (zero before any was made)."""
@@ -80,6 +86,7 @@ class SNMALight(nn.Module):
         self.history[window % self.horizon] = self.state
         self.state.copy_(z)
         self.windows += 1
+        self.forecasts += 1
 
     def reset(self) -> None:
         """A new stream starts with an empty state, like CHRC's memory; the weights are kept."""
