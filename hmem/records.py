@@ -105,6 +105,7 @@ class TrialMetrics(_Record):
     corrected_fraction: float
     memory_entries: list[int]
     trainable_parameters: int
+    compiled: bool | None = Field(None, description="whether the hot path ran compiled")
     device_memory_mb: float | None = Field(
         None, description="peak GPU memory of the trial's process (None on the CPU)")
     acted: dict[str, float] = Field(

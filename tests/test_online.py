@@ -261,3 +261,17 @@ def test_the_sync_free_step_gives_the_same_numbers(tiny, run_online, clip):
     free, _ = run_online(tiny(layers, {"runtime": {"sync_free": True}}))
     assert torch.equal(default.forecasts, free.forecasts)
     assert default.metrics["mse"] == free.metrics["mse"]
+
+
+def test_compile_auto_compiles_long_streams_only_and_needs_a_compiler(tiny, monkeypatch, caplog):
+    from hmem.online.runner import COMPILE_PAYS_BACK, compiles
+
+    auto, never = tiny(), tiny({"runtime": {"compile": False}})
+    assert auto.runtime.compile == "auto"
+    assert not compiles(auto, COMPILE_PAYS_BACK - 1) and not compiles(never, 10**6)
+    assert compiles(tiny({"runtime": {"compile": True}}), 10)
+    monkeypatch.setattr("shutil.which", lambda name: "/usr/bin/g++")
+    assert compiles(auto, COMPILE_PAYS_BACK)
+    monkeypatch.setattr("shutil.which", lambda name: None)  # a slim image: eager, with a warning
+    assert not compiles(auto, COMPILE_PAYS_BACK)
+    assert "no C++ compiler" in caplog.text

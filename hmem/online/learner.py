@@ -127,7 +127,7 @@ class OnlineLearner(nn.Module):
             else None
         )
         hot = _HotPaths(self.backbone, corrected_forecast, _forecast_only)
-        if cfg.runtime.compile:
+        if cfg.runtime.compile is True:  # "auto" is decided by the run, which knows its length
             mode = cfg.runtime.compile_mode
             hot = _HotPaths(*(torch.compile(fn, mode=mode)
                               for fn in (hot.backbone, hot.update_correction,

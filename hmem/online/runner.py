@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import math
+import shutil
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -78,6 +79,27 @@ class RunResult:
     curve: torch.Tensor  # per-window test MSE [N]
     curve_mae: torch.Tensor  # per-window test MAE [N]
     forecasts: torch.Tensor | None = field(default=None, repr=False)  # [N, H, C] if kept
+
+
+#: Windows from which ``runtime.compile: auto`` compiles: compiling the hot path takes about
+#: 5-20 s here and saves 1-2 ms a step on ETTm1 shapes (benchmarks/online_step.py), with the
+#: same numbers; shorter streams (tests, the quickstart) would not earn it back.
+COMPILE_PAYS_BACK = 10_000
+
+
+def compiles(cfg: TrialConfig, windows: int) -> bool:
+    """Whether a run of ``windows`` windows compiles its hot path (``runtime.compile``). Auto
+    compiles a long stream where inductor has a C++ compiler (a slim image may have none: then
+    the run stays eager, as a warning says)."""
+    if cfg.runtime.compile != "auto":
+        return bool(cfg.runtime.compile)
+    if windows < COMPILE_PAYS_BACK:
+        return False
+    if not any(shutil.which(name) for name in ("c++", "g++", "clang++")):
+        log.warning("runtime.compile: auto would compile this %d-window run, but no C++ "
+                    "compiler is on PATH: it runs eager (same numbers, slower)", windows)
+        return False
+    return True
 
 
 def _peak_device_memory_mb(device: torch.device) -> float | None:
@@ -177,19 +199,23 @@ class OnlineRun:
     ) -> None:
         self.cfg = cfg
         device = resolve_device(cfg)
-        self.learner = OnlineLearner(cfg, pretrained.model, data.n_vars, data.horizon, device,
-                                     encoder)
-        if self.learner.needs_base_cache and base is None:
-            base = load_or_compute_base_forecasts(pretrained, data)
-        self.base = base.to(device) if self.learner.needs_base_cache else None
-        self.data = data.to(device)
-        self.series = RevealedSeries(self.data, self.base, cfg.chrc if cfg.chrc.enabled else None)
         L, H = data.seq_len, data.horizon
         self.streams = {
             "warmup": _limit(data.segments["val"].window_starts(L, H), cfg.data.max_val_windows),
             "test": _share(_limit(data.segments["test"].window_starts(L, H),
                                   cfg.data.max_test_windows), cfg.online)
         }
+        windows = len(self.streams["test"]) + (len(self.streams["warmup"])
+                                                if cfg.online.warmup else 0)
+        self.compiled = compiles(cfg, windows)
+        runtime = cfg.runtime.model_copy(update={"compile": self.compiled})
+        self.learner = OnlineLearner(cfg.model_copy(update={"runtime": runtime}),
+                                     pretrained.model, data.n_vars, data.horizon, device, encoder)
+        if self.learner.needs_base_cache and base is None:
+            base = load_or_compute_base_forecasts(pretrained, data)
+        self.base = base.to(device) if self.learner.needs_base_cache else None
+        self.data = data.to(device)
+        self.series = RevealedSeries(self.data, self.base, cfg.chrc if cfg.chrc.enabled else None)
         self.scores = {
             name: _Scores(starts, H, data.n_vars, device) for name, starts in self.streams.items()
         }
@@ -345,6 +371,7 @@ class OnlineRun:
             "memory_entries": [m.memory.size for m in learner.bank] if learner.bank else [],
             "trainable_parameters": learner.trainable_parameters,
             "device_memory_mb": _peak_device_memory_mb(self.scores["test"].mse.device),
+            "compiled": self.compiled,
             **learner.probe.summary(),
         }
         return RunResult(metrics, test.mse[:scored].cpu(), test.mae[:scored].cpu(),
