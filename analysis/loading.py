@@ -126,7 +126,11 @@ def _experiment(location: str, index: int) -> list[dict[str, Any]]:
             note = f"no {METRICS_FILE} (stopped early or not synced)"
         elif not math.isfinite(mse):
             note = f"non-finite mse ({mse})"
-        rows.append(_row(where, cell, cfg, metrics, status, note, trial.trial_id, trial_root))
+        row = _row(where, cell, cfg, metrics, status, note, trial.trial_id, trial_root)
+        # what a search algorithm (Optuna) sampled for this trial, one column per parameter
+        row.update({f"sampled.{key}": value
+                    for key, value in (trial.config.get("sampled") or {}).items()})
+        rows.append(row)
     if space is not None and space.search.kind == "grid":
         # Ray creates a grid's trials as it goes: an interrupted search has not created them all.
         seen = {(row["variant"], row["dataset"], row["seed"]) for row in rows}

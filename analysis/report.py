@@ -34,6 +34,7 @@ VARIANT_COLUMNS = ["direction", "variant", "dataset", "backbone_regime", "select
                    "seed_mse", "mse", "seed_gains", "gain", "acted", "inert", "gain_vs_baseline",
                    "p_value", "seed_p", "noise_floor", "ms_per_step", "stopped", "pair_note"]
 PERCENT = ("gain", "gain_vs_baseline", "noise_floor")
+TUNING_TITLE = "Tuned on validation (beyond the plan)"
 COMPUTE_NOTE = ("Trial-hours: the seconds each run took (set-up, warm-up and test stream), "
                 "summed; 'without_stopping' costs each run stopped for futility as if it had "
                 "streamed to the end.")
@@ -49,6 +50,7 @@ class Analysis:
     verdicts: pd.DataFrame
     rules: Rules
     grid: pd.DataFrame | None = None  # the full grid of a space, to cost against (grid_cells)
+    tuning: pd.DataFrame | None = None  # trials of tuning searches on validation (--tuning)
 
     @property
     def compute(self) -> pd.DataFrame:
@@ -82,6 +84,34 @@ class Analysis:
         return {title: fig for title, fig in drawn.items() if fig is not None}
 
 
+def tuning_note(trials: pd.DataFrame) -> str:
+    """What the tuning searches tried, and what they selected on validation."""
+    ranked = trials[trials["warmup_mse"].notna()]
+    if ranked.empty:
+        return f"{len(trials)} tuning trial(s), none with a validation MSE."
+    best = ranked.loc[ranked["warmup_mse"].idxmin()]
+    return (f"{len(trials)} trial(s) of {', '.join(trials['experiment'].unique())}, "
+            f"sampled by the search and scored on the validation (warm-up) stream only; "
+            f"{len(ranked)} ran the whole warm-up (the others were cut by the scheduler). "
+            f"Selected: validation MSE {best['warmup_mse']:.5f}, "
+            + ", ".join(f"{c.removeprefix('sampled.')}={best[c]:.4g}"
+                        for c in trials if c.startswith("sampled."))
+            + ". Its test runs, if given among the experiments, are a control row of the "
+            "verdicts above.")
+
+
+def tuning_table(trials: pd.DataFrame, rows: int = 10) -> pd.DataFrame:
+    """The best tuning trials by validation MSE, with what was sampled."""
+    trials = trials.dropna(subset=["warmup_mse"]).sort_values("warmup_mse")
+    sampled = [c for c in trials if c.startswith("sampled.")]
+    shown = trials[["experiment", "variant", "dataset", "seed", "warmup_mse", *sampled]]
+    shown = shown.head(rows).copy()
+    shown["warmup_mse"] = [f"{v:.5f}" for v in shown["warmup_mse"]]
+    for column in sampled:  # learning rates are small: significant figures, not decimals
+        shown[column] = [f"{v:.4g}" if isinstance(v, float) else v for v in shown[column]]
+    return shown.rename(columns=lambda c: c.removeprefix("sampled."))
+
+
 def grid_cells(space: SearchSpace) -> pd.DataFrame:
     """Every variant x dataset x seed of ``space``, with what sets its cost."""
     rows = []
@@ -93,15 +123,18 @@ def grid_cells(space: SearchSpace) -> pd.DataFrame:
 
 
 def build(experiments: Sequence[str | os.PathLike] | str | os.PathLike,
-          rules: Rules = Rules(), space: SearchSpace | None = None) -> Analysis:
+          rules: Rules = Rules(), space: SearchSpace | None = None,
+          tuning: Sequence[str | os.PathLike] = ()) -> Analysis:
     """Load, pair, judge. A single folder may be given as a plain string or path; ``space``
-    (the search space the experiments come from) adds the exhaustive grid's cost."""
+    (the search space the experiments come from) adds the exhaustive grid's cost; ``tuning``:
+    searches that tuned a configuration on validation (shown apart: they have no test score)."""
     if isinstance(experiments, (str, os.PathLike)):
         experiments = [experiments]
     trials = load_trials(experiments)
     variants = variant_table(trials, rules)
     return Analysis([str(e) for e in experiments], trials, variants, verdicts(variants, rules),
-                    rules, grid_cells(space) if space is not None else None)
+                    rules, grid_cells(space) if space is not None else None,
+                    load_trials(tuning) if tuning else None)
 
 
 def _cell(column: str, value):
@@ -175,6 +208,9 @@ def to_html(analysis: Analysis) -> str:
         parts += ["<h2>Trials that do not count</h2>", analysis.failed.to_html(index=False)]
     parts += ["<h2>Compute</h2>", f"<p>{html.escape(analysis.compute_note())}</p>",
               analysis.compute.to_html(index=False)]
+    if analysis.tuning is not None:
+        parts += [f"<h2>{TUNING_TITLE}</h2>", f"<p>{html.escape(tuning_note(analysis.tuning))}</p>",
+                  tuning_table(analysis.tuning).to_html(index=False)]
     for name, fig in analysis.figures().items():
         data = base64.b64encode(_png(fig)).decode()
         parts += [f"<h2>{html.escape(name)}</h2>", f"<img alt='{html.escape(name)}' "
@@ -193,6 +229,9 @@ def to_markdown(analysis: Analysis, assets: Path) -> str:
         parts += ["## Trials that do not count", "", analysis.failed.to_markdown(index=False), ""]
     parts += ["## Compute", "", analysis.compute_note(), "",
               analysis.compute.to_markdown(index=False), ""]
+    if analysis.tuning is not None:
+        parts += [f"## {TUNING_TITLE}", "", tuning_note(analysis.tuning), "",
+                  tuning_table(analysis.tuning).to_markdown(index=False), ""]
     for index, (name, fig) in enumerate(analysis.figures().items()):
         assets.mkdir(parents=True, exist_ok=True)
         path = assets / f"figure{index + 1}.png"
@@ -202,13 +241,15 @@ def to_markdown(analysis: Analysis, assets: Path) -> str:
 
 
 def write_report(experiments: Sequence[str | os.PathLike], out: str | os.PathLike,
-                 rules: Rules = Rules(), space: SearchSpace | None = None) -> Analysis:
-    """Analyse ``experiments`` and write the report to ``out`` (.html or .md)."""
+                 rules: Rules = Rules(), space: SearchSpace | None = None,
+                 tuning: Sequence[str | os.PathLike] = ()) -> Analysis:
+    """Analyse ``experiments`` (and ``tuning`` searches) and write the report to ``out``
+    (.html or .md)."""
     out = Path(out)
     if out.suffix.lower() not in (".html", ".htm", ".md", ".markdown"):
         raise AnalysisError(f"{out}: the report is written as .html or .md (got "
                             f"'{out.suffix or 'no extension'}')")
-    analysis = build(experiments, rules, space)
+    analysis = build(experiments, rules, space, tuning)
     out.parent.mkdir(parents=True, exist_ok=True)
     if out.suffix.lower() in (".html", ".htm"):
         text = to_html(analysis)

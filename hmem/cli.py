@@ -126,6 +126,10 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--space", default=None,
                         help="the search space the experiments come from: the report then costs "
                         "its exhaustive grid against the trial-hours used")
+    report.add_argument("--tuning", nargs="+", default=[], metavar="EXP_DIR",
+                        help="searches that tuned a configuration on validation MSE "
+                             "(online.test_stream: false): their best trials and what was "
+                             "selected, in a section of their own")
     _rule_options(report)
     report.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     report.set_defaults(handler=_cmd_report)
@@ -452,7 +456,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
     from hmem.spaces import load_space
 
     space = load_space(args.space) if args.space else None
-    analysis = write_report(args.experiments, args.out, _rules(args), space)
+    analysis = write_report(args.experiments, args.out, _rules(args), space, args.tuning)
     print(display_table(analysis.verdicts, ["direction", "dataset", "best_variant", "mse",
                                             "gain", "gain_vs_baseline", "verdict"])
           .to_string(index=False))

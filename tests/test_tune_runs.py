@@ -327,3 +327,11 @@ def test_tuning_on_validation_never_streams_the_test_segment(tmp_path, cache_dir
     loaded = load_trials([report.experiment_path])
     assert not loaded["valid"].any()
     assert loaded["note"].str.startswith("validation only").all()
+    # the report's tuning section (hmem report --tuning) shows what was selected, and on what
+    from analysis.report import tuning_note, tuning_table
+
+    table = tuning_table(loaded)
+    assert table["warmup_mse"].iloc[0] == f"{best['warmup_mse']:.5f}"
+    assert table["online.lr"].iloc[0] == f"{best['sampled']['online.lr']:.4g}"
+    assert (f"Selected: validation MSE {best['warmup_mse']:.5f}, "
+            f"online.lr={best['sampled']['online.lr']:.4g}") in tuning_note(loaded)
