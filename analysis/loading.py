@@ -68,6 +68,16 @@ def _space_of(record: LaunchRecord | None) -> SearchSpace | None:
     return space
 
 
+def read_launch_record(location: str) -> LaunchRecord | None:
+    """An experiment's ``hmem_launch.json`` (None for one launched without hmem)."""
+    fs, root = _filesystem(location)
+    raw = _read_text(fs, f"{root}/{LAUNCH_RECORD}")
+    try:
+        return LaunchRecord.read(raw, f"{location}/{LAUNCH_RECORD}") if raw else None
+    except RecordError as err:
+        raise AnalysisError(str(err)) from None
+
+
 def _experiment(location: str, index: int) -> list[dict[str, Any]]:
     from tune.ray_api import load_experiment  # Ray is only needed when reading experiments
 
@@ -78,12 +88,7 @@ def _experiment(location: str, index: int) -> list[dict[str, Any]]:
         analysis = load_experiment(location if "://" in location else root)
     except Exception as err:  # Ray raises ValueError / FileNotFoundError / its own TuneError
         raise AnalysisError(f"{location}: not a Ray Tune experiment folder ({err})") from None
-    raw_record = _read_text(fs, f"{root}/{LAUNCH_RECORD}")
-    try:
-        record = (LaunchRecord.read(raw_record, f"{location}/{LAUNCH_RECORD}")
-                  if raw_record else None)
-    except RecordError as err:
-        raise AnalysisError(str(err)) from None
+    record = read_launch_record(location)
     space = _space_of(record)
     overrides = record.overrides if record else {}
     where = {"name": Path(root).name, "location": location, "index": index,

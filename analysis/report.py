@@ -14,7 +14,7 @@ import io
 import math
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
@@ -23,6 +23,7 @@ from matplotlib.figure import Figure
 from analysis import figures
 from analysis.compute import compute_table, exhaustive_hours
 from analysis.loading import AnalysisError, load_trials
+from analysis.reproduce import commands
 from analysis.rules import Rules, variant_table, verdicts
 from hmem.spaces import SearchSpace
 
@@ -34,6 +35,9 @@ VARIANT_COLUMNS = ["direction", "variant", "dataset", "backbone_regime", "select
                    "seed_mse", "mse", "seed_gains", "gain", "acted", "inert", "gain_vs_baseline",
                    "p_value", "seed_p", "noise_floor", "ms_per_step", "stopped", "pair_note"]
 PERCENT = ("gain", "gain_vs_baseline", "noise_floor")
+REPRODUCE_NOTE = ("The commands that produced these experiments, read off their launch records "
+                  "(a campaign's stages: the campaign), then this report's; the benchmark files "
+                  "are found through $HMEM_DATA_DIR.")
 TUNING_TITLE = "Tuned on validation (beyond the plan)"
 COMPUTE_NOTE = ("Trial-hours: the seconds each run took (set-up, warm-up and test stream), "
                 "summed; 'without_stopping' costs each run stopped for futility as if it had "
@@ -51,6 +55,7 @@ class Analysis:
     rules: Rules
     grid: pd.DataFrame | None = None  # the full grid of a space, to cost against (grid_cells)
     tuning: pd.DataFrame | None = None  # trials of tuning searches on validation (--tuning)
+    commands: list[str] = field(default_factory=list)  # what reproduces it (analysis.reproduce)
 
     @property
     def compute(self) -> pd.DataFrame:
@@ -124,17 +129,20 @@ def grid_cells(space: SearchSpace) -> pd.DataFrame:
 
 def build(experiments: Sequence[str | os.PathLike] | str | os.PathLike,
           rules: Rules = Rules(), space: SearchSpace | None = None,
-          tuning: Sequence[str | os.PathLike] = ()) -> Analysis:
+          tuning: Sequence[str | os.PathLike] = (), command: str | None = None) -> Analysis:
     """Load, pair, judge. A single folder may be given as a plain string or path; ``space``
     (the search space the experiments come from) adds the exhaustive grid's cost; ``tuning``:
-    searches that tuned a configuration on validation (shown apart: they have no test score)."""
+    searches that tuned a configuration on validation (shown apart: they have no test score);
+    ``command``: the report command, listed last among those that reproduce the report."""
     if isinstance(experiments, (str, os.PathLike)):
         experiments = [experiments]
+    experiments, tuning = [str(e) for e in experiments], [str(e) for e in tuning]
     trials = load_trials(experiments)
     variants = variant_table(trials, rules)
-    return Analysis([str(e) for e in experiments], trials, variants, verdicts(variants, rules),
-                    rules, grid_cells(space) if space is not None else None,
-                    load_trials(tuning) if tuning else None)
+    return Analysis(experiments, trials, variants, verdicts(variants, rules), rules,
+                    grid_cells(space) if space is not None else None,
+                    load_trials(tuning) if tuning else None,
+                    commands(experiments, tuning, command))
 
 
 def _cell(column: str, value):
@@ -209,8 +217,11 @@ def to_html(analysis: Analysis) -> str:
     parts += ["<h2>Compute</h2>", f"<p>{html.escape(analysis.compute_note())}</p>",
               analysis.compute.to_html(index=False)]
     if analysis.tuning is not None:
-        parts += [f"<h2>{TUNING_TITLE}</h2>", f"<p>{html.escape(tuning_note(analysis.tuning))}</p>",
+        parts += [f"<h2>{TUNING_TITLE}</h2>",
+                  f"<p>{html.escape(tuning_note(analysis.tuning))}</p>",
                   tuning_table(analysis.tuning).to_html(index=False)]
+    parts += ["<h2>Reproduce</h2>", f"<p>{REPRODUCE_NOTE}</p>",
+              f"<pre>{html.escape(chr(10).join(analysis.commands))}</pre>"]
     for name, fig in analysis.figures().items():
         data = base64.b64encode(_png(fig)).decode()
         parts += [f"<h2>{html.escape(name)}</h2>", f"<img alt='{html.escape(name)}' "
@@ -232,6 +243,7 @@ def to_markdown(analysis: Analysis, assets: Path) -> str:
     if analysis.tuning is not None:
         parts += [f"## {TUNING_TITLE}", "", tuning_note(analysis.tuning), "",
                   tuning_table(analysis.tuning).to_markdown(index=False), ""]
+    parts += ["## Reproduce", "", REPRODUCE_NOTE, "", "```bash", *analysis.commands, "```", ""]
     for index, (name, fig) in enumerate(analysis.figures().items()):
         assets.mkdir(parents=True, exist_ok=True)
         path = assets / f"figure{index + 1}.png"
@@ -242,14 +254,15 @@ def to_markdown(analysis: Analysis, assets: Path) -> str:
 
 def write_report(experiments: Sequence[str | os.PathLike], out: str | os.PathLike,
                  rules: Rules = Rules(), space: SearchSpace | None = None,
-                 tuning: Sequence[str | os.PathLike] = ()) -> Analysis:
+                 tuning: Sequence[str | os.PathLike] = (), command: str | None = None) -> Analysis:
     """Analyse ``experiments`` (and ``tuning`` searches) and write the report to ``out``
-    (.html or .md)."""
+    (.html or .md); ``command``: how it was asked for, listed among the commands that
+    reproduce it."""
     out = Path(out)
     if out.suffix.lower() not in (".html", ".htm", ".md", ".markdown"):
         raise AnalysisError(f"{out}: the report is written as .html or .md (got "
                             f"'{out.suffix or 'no extension'}')")
-    analysis = build(experiments, rules, space, tuning)
+    analysis = build(experiments, rules, space, tuning, command)
     out.parent.mkdir(parents=True, exist_ok=True)
     if out.suffix.lower() in (".html", ".htm"):
         text = to_html(analysis)

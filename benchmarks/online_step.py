@@ -4,8 +4,8 @@
     python benchmarks/online_step.py --data-dir ../shared/data --space search_spaces/plan.yaml \
         --modes eager --variants p2p7p8 a1_base a2 b1_bilinear b1_mlp b2 b3
 
-Each variant runs eager and with ``runtime.compile`` (compilation happens during the untimed
-warm-up). One step is what the online loop does per test window: update on the recent window
+Each variant runs in each ``--modes`` of ``runtime.compile`` (compilation happens during the
+untimed warm-up). One step is what the online loop does per test window: update on the recent window
 (forward, backward, AdamW, memory write) and forecast the current one. Memories are filled first
 (the validation warm-up, then test steps until every bucket holds ``capacity`` entries), so the
 timed steps pay for full-size retrieval and eviction. One torch thread unless --threads says
@@ -26,11 +26,14 @@ from hmem.online.stream import RevealedSeries
 from hmem.spaces import load_space
 from hmem.trial import TrialArtefacts
 
+#: --modes -> runtime.compile
+MODES = {"eager": False, "auto": "auto", "compiled": True}
+
 
 def time_variant(
-    space, variant: str, dataset: str, compiled: bool, args: argparse.Namespace
+    space, variant: str, dataset: str, mode: str, args: argparse.Namespace
 ) -> list[float]:
-    cfg = space.trial_config(variant, dataset, overrides={"runtime": {"compile": compiled}})
+    cfg = space.trial_config(variant, dataset, overrides={"runtime": {"compile": MODES[mode]}})
     torch.set_num_threads(2)
     artefacts = TrialArtefacts.load_or_build(cfg, args.data_dir, args.cache_dir)
     torch.set_num_threads(args.threads)
@@ -66,7 +69,7 @@ def time_variant(
         with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
             for _ in range(args.profile):
                 step(next(cursor))
-        print(f"\n{variant}, {'compiled' if compiled else 'eager'}: torch.profiler over "
+        print(f"\n{variant}, {mode}: torch.profiler over "
               f"{args.profile} steps (self CPU time)")
         print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=args.rows))
     return times
@@ -85,8 +88,9 @@ def main() -> None:
     parser.add_argument("--profile", type=int, default=0, metavar="STEPS",
                         help="after timing, profile this many steps and print the top operators")
     parser.add_argument("--rows", type=int, default=20, help="rows of the profiler table")
-    parser.add_argument("--modes", nargs="+", default=["eager", "compiled"],
-                        choices=["eager", "compiled"], help="runtime.compile off / on")
+    parser.add_argument("--modes", nargs="+", default=["eager", "auto"], choices=list(MODES),
+                        help="runtime.compile false / auto (the CHRC paths, as a long run "
+                             "does) / true (the backbone too)")
     args = parser.parse_args()
 
     space = load_space(args.space)
@@ -95,7 +99,7 @@ def main() -> None:
           f"  (ms per step)")
     for variant in args.variants:
         for mode in args.modes:
-            times = sorted(time_variant(space, variant, args.dataset, mode == "compiled", args))
+            times = sorted(time_variant(space, variant, args.dataset, mode, args))
             p10, p90 = times[len(times) // 10], times[(9 * len(times)) // 10]
             print(f"{variant:<16} {mode:<9} {statistics.median(times):8.3f} {p10:8.3f} "
                   f"{p90:8.3f} {statistics.fmean(times):8.3f}", flush=True)

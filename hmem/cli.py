@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -456,7 +457,9 @@ def _cmd_report(args: argparse.Namespace) -> int:
     from hmem.spaces import load_space
 
     space = load_space(args.space) if args.space else None
-    analysis = write_report(args.experiments, args.out, _rules(args), space, args.tuning)
+    command = shlex.join(["hmem", *args.argv])  # listed in the report, to reproduce it
+    analysis = write_report(args.experiments, args.out, _rules(args), space, args.tuning,
+                            command)
     print(display_table(analysis.verdicts, ["direction", "dataset", "best_variant", "mse",
                                             "gain", "gain_vs_baseline", "verdict"])
           .to_string(index=False))
@@ -480,6 +483,7 @@ def _cmd_campaign(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    args.argv = sys.argv[1:] if argv is None else list(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

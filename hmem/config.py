@@ -305,9 +305,9 @@ class RuntimeConfig(_Config):
     threads: int = Field(1, ge=1, description="torch threads of the online loop")
     pretrain_threads: int | None = Field(None, ge=1, description="None: all cores")
     compile: bool | Literal["auto"] = Field(
-        "auto", description="torch.compile the online hot path: 15-20 % less per step on "
-        "ETTm1 shapes with the same numbers, after a one-off compilation of 5-20 s; auto does it "
-        "for runs of at least 10,000 windows (false: always eager)"
+        "auto", description="torch.compile the online hot path. auto: the CHRC correction paths "
+        "of runs of at least 10,000 windows (15-20 % less per ETTm1 step, the same numbers, "
+        "after a one-off compilation of 5-20 s); true: the backbone too; false: always eager"
     )
     compile_mode: Literal["default", "reduce-overhead"] = Field(
         "default", description="torch.compile mode of runtime.compile; reduce-overhead captures "

@@ -10,6 +10,7 @@ its sweep must not run, and A2's gate (A1 gained) and S3's (an A gained) must st
 from __future__ import annotations
 
 import json
+import shlex
 import shutil
 import subprocess
 import sys
@@ -157,6 +158,11 @@ def test_hmem_report_writes_html_and_markdown(campaign, tmp_path):
     assert "| direction" in text and "ineffective (a1_zero -> a1_zero_b" in text
     figures = sorted((tmp_path / "r_files").glob("*.png"))
     assert len(figures) >= 3 and all(f"r_files/{f.name}" in text for f in figures)
+    # the commands that reproduce it: the campaign once (not its stages), then the report
+    block = text[text.index("```bash\n", text.index("## Reproduce")) + 8:]
+    block = block[:block.index("\n```")].splitlines()
+    assert block[0] == f"hmem campaign {campaign['space']}" and len(block) == 2
+    assert block[1] == shlex.join(["hmem", "report", *stages, "--out", str(md_out)])
 
 
 def test_failed_and_nan_trials_are_listed_and_never_counted(campaign, tmp_path):

@@ -88,9 +88,10 @@ COMPILE_PAYS_BACK = 10_000
 
 
 def compiles(cfg: TrialConfig, windows: int) -> bool:
-    """Whether a run of ``windows`` windows compiles its hot path (``runtime.compile``). Auto
-    compiles a long stream where inductor has a C++ compiler (a slim image may have none: then
-    the run stays eager, as a warning says)."""
+    """Whether a run of ``windows`` windows compiles (part of) its hot path
+    (``runtime.compile``). Auto compiles the correction paths of a long stream where inductor
+    has a C++ compiler (a slim image may have none: then the run stays eager, as a warning
+    says)."""
     if cfg.runtime.compile != "auto":
         return bool(cfg.runtime.compile)
     if windows < COMPILE_PAYS_BACK:
@@ -208,9 +209,12 @@ class OnlineRun:
         windows = len(self.streams["test"]) + (len(self.streams["warmup"])
                                                 if cfg.online.warmup else 0)
         self.compiled = compiles(cfg, windows)
-        runtime = cfg.runtime.model_copy(update={"compile": self.compiled})
-        self.learner = OnlineLearner(cfg.model_copy(update={"runtime": runtime}),
-                                     pretrained.model, data.n_vars, data.horizon, device, encoder)
+        learner_cfg = cfg
+        if not self.compiled:  # "auto" on a short stream
+            runtime = cfg.runtime.model_copy(update={"compile": False})
+            learner_cfg = cfg.model_copy(update={"runtime": runtime})
+        self.learner = OnlineLearner(learner_cfg, pretrained.model, data.n_vars, data.horizon,
+                                     device, encoder)
         if self.learner.needs_base_cache and base is None:
             base = load_or_compute_base_forecasts(pretrained, data)
         self.base = base.to(device) if self.learner.needs_base_cache else None

@@ -1,0 +1,87 @@
+"""The commands that reproduce a report's numbers, read off the experiments themselves.
+
+Each experiment folder records how it was launched (``hmem_launch.json``: the search space's
+file and the ``--set`` overrides); a stage of a staged campaign sits in a campaign folder whose
+``campaign.log`` names the space the campaign ran. A report lists one command per campaign and
+per plain experiment, then the report command itself, so that a reader can rerun everything it
+shows with the benchmark files found through ``$HMEM_DATA_DIR``.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+from collections.abc import Sequence
+from pathlib import Path
+
+from analysis.loading import flatten, read_launch_record
+from hmem.errors import HmemError
+from hmem.records import LaunchRecord
+from hmem.spaces import load_space
+
+CAMPAIGN_LOG = "campaign.log"
+_STARTED = re.compile(r"(?:starting|resuming) campaign (\S+) from (\S+)")
+
+
+def _in_repository(path: str) -> str:
+    """A space file as a path from the repository root (``search_spaces/...``) when it is one
+    of the shipped spaces, wherever the checkout that launched it was."""
+    marker = "search_spaces/"
+    return path[path.index(marker):] if marker in path else path
+
+
+def _campaign(folder: Path) -> tuple[str, str] | None:
+    """(name, space) of the campaign an experiment folder is a stage of, if it is one."""
+    log = folder.parent / CAMPAIGN_LOG
+    if "://" in str(folder) or not log.is_file():
+        return None
+    for line in log.read_text().splitlines():
+        found = _STARTED.search(line)
+        if found:
+            return found.group(1), _in_repository(found.group(2))
+    return None
+
+
+def _selection(record: LaunchRecord, space_file: str) -> str:
+    """``--variants/--datasets/--seeds`` where the launch ran a selection of its space file (the
+    record keeps the space as selected); all three where the file cannot be read here."""
+    launched = record.space
+    try:
+        declared = load_space(space_file).model_dump(mode="json")
+    except HmemError:
+        declared = {}
+    flags = ""
+    for key, flag in (("variants", "--variants"), ("datasets", "--datasets")):
+        if list(launched[key]) != list(declared.get(key, {})):
+            flags += f" {flag} {','.join(launched[key])}"
+    if launched["seeds"] != declared.get("seeds"):
+        flags += f" --seeds {','.join(str(seed) for seed in launched['seeds'])}"
+    return flags
+
+
+def commands(experiments: Sequence[str], tuning: Sequence[str] = (),
+             report: str | None = None) -> list[str]:
+    """Shell commands, in order: launch every experiment (a campaign once), then the report."""
+    lines: list[str] = []
+    for location in [*tuning, *experiments]:
+        campaign = _campaign(Path(location))
+        if campaign is not None:
+            name, space = campaign
+            line = f"hmem campaign {space}" + (f" --name {name}" if name != Path(space).stem
+                                                 else "")
+        else:
+            record = read_launch_record(location)
+            if record is None:
+                lines.append(f"# {location}: no {Path(location).name}/hmem_launch.json, "
+                             "launched by hand")
+                continue
+            name = Path(location.rstrip("/")).name
+            space = _in_repository(record.space_source)
+            line = f"hmem tune launch {space} --name {name}{_selection(record, space)}"
+            for key, value in flatten(record.overrides).items():
+                line += f" --set {shlex.quote(f'{key}={value}')}"
+        if line not in lines:
+            lines.append(line)
+    if report:
+        lines.append(report)
+    return lines
