@@ -62,6 +62,7 @@ def exhaustive_hours(trials: pd.DataFrame, cells: pd.DataFrame) -> tuple[float, 
     if "stopped" not in done:
         done["stopped"] = False
     done["full_s"] = _full_stream_seconds(done)
+    done = done[done["full_s"].notna()]  # a run that streamed nothing says nothing of its cost
     done["chrc"] = done["direction"] != "baseline"
     by_variant = done.groupby(["variant", "dataset"])["full_s"].mean()
     by_kind = done.groupby(["dataset", "backbone_frozen", "chrc"])["full_s"].mean()

@@ -103,12 +103,15 @@ def test_the_exhaustive_grid_is_costed_from_the_runs_measured():
         # a selection run on the first 10 % of the test: 0.5 h to the end, not 0.05 h
         _run("select", 180.0, 400, variant="online", direction="baseline",
              backbone_frozen=False),
+        # a run that streamed nothing (no warm-up, no test): costed as its kind, like a1 -> a2
+        _run("select", 1.0, 0, variant="online_fast", direction="baseline",
+             backbone_frozen=False),
     ])
     cells = pd.DataFrame([
         {"variant": v, "dataset": "ETTm1", "frozen": f, "chrc": c}
         for v, f, c in [("p2p7p8", False, True), ("p2p7p8", False, True), ("a1", False, True),
                         ("a2", False, True),  # never ran: costed as an online CHRC run
                         ("frozen", True, False), ("online", False, False),
-                        ("b3_frozen", True, True)]])  # unknown kind
+                        ("online_fast", False, False), ("b3_frozen", True, True)]])  # unknown
     hours, unknown = exhaustive_hours(trials, cells)
-    assert hours == pytest.approx(1 + 1 + 1 + 1 + 0.1 + 0.5) and unknown == 1
+    assert hours == pytest.approx(1 + 1 + 1 + 1 + 0.1 + 0.5 + 0.5) and unknown == 1
