@@ -215,3 +215,20 @@ def test_a_search_that_may_freeze_the_backbone_plans_its_base_forecasts(tmp_path
     assert not any(p.needs_base_forecasts for p in plan_backbones(configs, None).values())
     never_frozen = load_space(_write(tmp_path, text + sampled % 0.05))
     assert not never_frozen.may_sample("backbone.online_lr_scale", 0.0)
+
+
+def test_a_plan_whose_artefacts_are_cached_leaves_the_cpus_to_those_that_train(tmp_path, tiny,
+                                                                                cache_dir):
+    """Pretraining tasks share the cluster's CPUs among the plans that build something; a plan
+    found in the cache (backbone, base forecasts, B2 encoders) only loads."""
+    from hmem.data import prepare
+    from hmem.trial import TrialArtefacts
+    from tune.artefacts import plan_backbones
+
+    cfg = tiny({"backbone": {"online_lr_scale": 0.0}, "chrc": {"contrastive": {
+        "enabled": True, "epochs": 1}}})
+    plan = next(iter(plan_backbones({"t": cfg}, None).values()))
+    assert plan.needs_base_forecasts and plan.encoders
+    assert not plan.cached(tmp_path / "empty")
+    TrialArtefacts.load_or_build(cfg, None, cache_dir, data=prepare(cfg.data))
+    assert plan.cached(cache_dir)

@@ -12,9 +12,11 @@ object store hands to every trial on a node without copying.
 from __future__ import annotations
 
 import logging
+import os
 import time
 import warnings
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -40,6 +42,16 @@ class BackbonePlan:
     trials: list[str] = field(default_factory=list)
     needs_base_forecasts: bool = False
     encoders: dict[str, TrialConfig] = field(default_factory=dict)  # B2 encoders built on it
+
+    def cached(self, cache_dir: str | os.PathLike) -> bool:
+        """Whether everything this plan builds is in the cache already (its task only loads):
+        the CPUs then go to the plans that train. A guess from file names; loading verifies."""
+        root = Path(cache_dir)
+        backbone = root / "backbones" / self.key
+        needed = [backbone / "weights.pt", *([backbone / "base_forecasts.pt"]
+                                             if self.needs_base_forecasts else []),
+                  *(root / "encoders" / key / "weights.pt" for key in self.encoders)]
+        return all(path.exists() for path in needed)
 
 
 def plan_backbones(

@@ -250,7 +250,8 @@ def launch(space_path: str | os.PathLike, options: LaunchOptions) -> LaunchRepor
 
     connect(options.address)
     started = time.perf_counter()
-    refs = ship_backbones(plans, data_dir, cache_dir, cpus_per_task=pretrain_cpus(len(plans)))
+    training = sum(not plan.cached(cache_dir) for plan in plans.values())
+    refs = ship_backbones(plans, data_dir, cache_dir, cpus_per_task=pretrain_cpus(training))
     controls = control_losses(space.stopping.controls) if space.stopping.enabled else {}
     context = TrialContext(space.model_dump(), space.source, data_dir, cache_dir, refs, overrides,
                            controls)
