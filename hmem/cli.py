@@ -377,7 +377,7 @@ def _cmd_tune_launch(args: argparse.Namespace) -> int:
     report = launch(args.space, options)
     if report is not None:
         print(format_report(report))
-        return 1 if report.errored else 0
+        return 1 if report.errored or report.unfinished else 0
     return 0
 
 

@@ -270,3 +270,26 @@ def test_gates_open_and_a_single_seed_gets_reproduced(tmp_path, cache_dir):
     assert not stages["S0"].enabled and not stages["S0-seeds"].enabled
     assert not stages["A1-repro-synthetic"].enabled
     assert not trials["stopped"].any()
+
+
+def test_an_interrupted_stage_stops_the_campaign_instead_of_judging_it(tmp_path):
+    """Ctrl+C makes Tune save the stage and return: the campaign must stop there (to be resumed),
+    not judge a half-run stage and go on to the next."""
+    from tune.campaign import StageInterrupted
+    from tune.launcher import LaunchReport
+
+    space = tmp_path / "tinyplan.yaml"
+    space.write_text(SPACE)
+    launched = []
+
+    def interrupted(path, options):
+        launched.append(options.name)
+        return LaunchReport(str(tmp_path / options.name), trials=4, errored=0, seconds=1.0,
+                            best=[], backbones=1, unfinished=3)
+
+    with pytest.raises(StageInterrupted, match="stage S0 was interrupted.*--resume"):
+        run_campaign(space, CampaignOptions(storage=str(tmp_path / "out")),
+                     launcher=interrupted)
+    assert launched == ["S0"]
+    log = (tmp_path / "out" / "tinyplan" / "campaign.log").read_text()
+    assert "S0: interrupted with 3 of 4 trials unfinished" in log

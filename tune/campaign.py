@@ -37,7 +37,7 @@ from analysis.report import write_report
 from analysis.rules import Rules, a2_gate, s3_pair, variant_table, verdicts
 from hmem.config import deep_merge
 from hmem.directions import BackboneRegime, Direction
-from hmem.errors import ConfigError
+from hmem.errors import ConfigError, HmemError
 from hmem.spaces import SearchSpace, load_space
 from tune.ray_api import can_restore
 
@@ -45,6 +45,10 @@ log = logging.getLogger(__name__)
 
 #: Directions expanded stage by stage, in plan 5.2's order (A2 and S3 are gated).
 SEQUENCE = [d for d in Direction if d.family is not None]
+
+
+class StageInterrupted(HmemError):
+    """A stage's search ended with trials unfinished: the rules must not judge it yet."""
 
 
 @dataclass(frozen=True)
@@ -107,9 +111,14 @@ class Campaign:
         done = experiment.exists() and can_restore(str(experiment))
         self.decide(f"{stage}: {'resuming' if done else 'running'} {', '.join(variants)} on "
                     f"{', '.join(datasets)}, seeds {sub.seeds}")
-        self.launcher(path, LaunchOptions(
+        report = self.launcher(path, LaunchOptions(
             address=self.options.address, storage=str(self.folder), name=stage, resume=done,
             data_dir=self.options.data_dir, cache_dir=self.options.cache_dir))
+        if report is not None and report.unfinished:  # Ctrl+C: Tune saves and returns
+            self.decide(f"{stage}: interrupted with {report.unfinished} of {report.trials} "
+                        "trials unfinished; the campaign stops here")
+            raise StageInterrupted(f"stage {stage} was interrupted before its trials finished; "
+                                   "continue the campaign with --resume")
         self.stages.append(str(experiment))
 
     def decide(self, line: str) -> None:

@@ -77,6 +77,7 @@ class LaunchReport:
     best: list[dict[str, Any]]
     backbones: int
     metric: str = "mse"  # what "best" was judged on (the search's metric)
+    unfinished: int = 0  # trials neither terminated nor errored: the run was interrupted
 
     @property
     def trials_per_hour(self) -> float:
@@ -284,8 +285,9 @@ def _summarise(results: ray.tune.ResultGrid, exp_path: str, seconds: float, back
     rows = [{"dataset": d, "variant": r.metrics["variant"], "seed": r.metrics["seed"],
              metric: r.metrics[metric], "regime": r.metrics["regime"],
              "sampled": (r.config or {}).get("sampled", {})} for d, r in best.items()]
+    unfinished = len(results) - results.num_terminated - results.num_errors
     return LaunchReport(exp_path, len(results), len(results.errors), seconds, rows, backbones,
-                        metric)
+                        metric, unfinished)
 
 
 def format_report(report: LaunchReport) -> str:
@@ -299,6 +301,9 @@ def format_report(report: LaunchReport) -> str:
         if row.get("sampled"):  # an Optuna search: what to pass to run it again
             lines.append("  " + " ".join(f"--set {key}={value!r}"
                                          for key, value in row["sampled"].items()))
+    if report.unfinished:
+        lines.append(f"interrupted: {report.unfinished} trial(s) not finished; continue with "
+                     "the same command and --resume")
     lines.append(f"results: {report.experiment_path}")
     lines.append(f"TensorBoard: tensorboard --logdir {report.experiment_path}")
     return "\n".join(lines)
