@@ -7,6 +7,7 @@ the process groups of the ``ray start`` and ``hmem`` processes it launched), nev
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -188,21 +189,29 @@ checkpoint_every: 400
     args = ["tune", "launch", str(space), "--storage", str(storage), "--cache-dir", str(cache_dir)]
     driver = _spawn(args, tmp_path / "first.log")
     experiment = storage / "killdriver"
-    try:
-        def two_terminated():  # as the experiment's own state records them
-            if not list(experiment.glob("experiment_state-*.json")):
-                return None
-            try:
-                trials = ray.tune.ExperimentAnalysis(str(experiment)).trials
-            except Exception:  # the state file is being rewritten
-                return None
-            done = [trial for trial in trials if trial.status == "TERMINATED"]
-            return done if len(done) >= 2 else None
 
-        finished = _wait_for(two_terminated, 240, "two finished trials", driver)
+    def terminated():  # as the experiment's own state records them
+        if not list(experiment.glob("experiment_state-*.json")):
+            return None
+        try:
+            trials = ray.tune.ExperimentAnalysis(str(experiment)).trials
+        except Exception:  # the state file is being rewritten
+            return None
+        return [trial for trial in trials if trial.status == "TERMINATED"]
+
+    try:
+        _wait_for(lambda: len(terminated() or []) >= 2, 240, "two finished trials", driver)
+        os.kill(driver.pid, signal.SIGINT)  # Ctrl+C: Tune saves its state and returns
+        assert driver.wait(120) == 1  # an interrupted search is not a success
     finally:
-        os.killpg(driver.pid, signal.SIGKILL)  # the driver and the Ray it started, at once
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(driver.pid, signal.SIGKILL)  # whatever of its Ray is left
         driver.wait(30)
+    finished = terminated()
+    assert 2 <= len(finished) < 4
+    # Ray's result grid calls every trial of an interrupted search TERMINATED; the report must not
+    assert (f"interrupted: {4 - len(finished)} trial(s) not finished"
+            in (tmp_path / "first.log").read_text())
     folders = _trials(experiment)
     labels = [Cell(**trial.config["cell"]).label() for trial in finished]
     table = load_trials([experiment])  # what a report of the interrupted experiment shows

@@ -38,7 +38,8 @@ from hmem.records import LAUNCH_RECORD, LaunchRecord
 from hmem.spaces import Cell, Distribution, SearchSpace, load_space
 from tune.artefacts import BackbonePlan, plan_backbones, ship_backbones
 from tune.futility import FutilityStopper, control_losses
-from tune.ray_api import can_restore, connect, new_tuner, pretrain_cpus, restore_tuner
+from tune.ray_api import (can_restore, connect, new_tuner, pretrain_cpus, restore_tuner,
+                          unfinished_trials)
 from tune.trainable import TrialContext, hmem_trainable
 
 log = logging.getLogger(__name__)
@@ -285,9 +286,8 @@ def _summarise(results: ray.tune.ResultGrid, exp_path: str, seconds: float, back
     rows = [{"dataset": d, "variant": r.metrics["variant"], "seed": r.metrics["seed"],
              metric: r.metrics[metric], "regime": r.metrics["regime"],
              "sampled": (r.config or {}).get("sampled", {})} for d, r in best.items()]
-    unfinished = len(results) - results.num_terminated - results.num_errors
     return LaunchReport(exp_path, len(results), len(results.errors), seconds, rows, backbones,
-                        metric, unfinished)
+                        metric, unfinished_trials(exp_path))
 
 
 def format_report(report: LaunchReport) -> str:

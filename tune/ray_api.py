@@ -22,7 +22,8 @@ from tune.loopback import keep_embedded_ray_on_loopback
 log = logging.getLogger(__name__)
 
 __all__ = ["AuthenticationError", "JobSubmissionClient", "can_restore", "connect",
-           "load_experiment", "new_tuner", "pretrain_cpus", "restore_tuner"]
+           "load_experiment", "new_tuner", "pretrain_cpus", "restore_tuner",
+           "unfinished_trials"]
 
 
 def connect(address: str | None) -> None:
@@ -81,3 +82,14 @@ def load_experiment(path: str) -> ray.tune.ExperimentAnalysis:
     # Ray warns once per trial that has no results yet (pending); the caller says so instead.
     logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
     return ray.tune.ExperimentAnalysis(path)
+
+
+def unfinished_trials(path: str) -> int:
+    """Trials of the experiment saved at ``path`` that neither terminated nor errored.
+
+    Read from the saved experiment state, not from ``Tuner.fit()``'s result grid: after Ctrl+C,
+    Ray saves the true statuses and then marks every trial it held in memory TERMINATED,
+    pending ones included, so the result grid reports an interrupted search as finished.
+    """
+    done = (ray.tune.experiment.Trial.TERMINATED, ray.tune.experiment.Trial.ERROR)
+    return sum(trial.status not in done for trial in load_experiment(path).trials)
