@@ -270,11 +270,20 @@ def launch(space_path: str | os.PathLike, options: LaunchOptions) -> LaunchRepor
         tuner = new_tuner(trainable, _param_space(space), _tune_config(space),
                           _run_config(space, storage, name))
     results = tuner.fit()
-    return _summarise(results, exp_path, time.perf_counter() - started, len(plans), space)
+    return _summarise(results, exp_path, time.perf_counter() - started, len(plans), space,
+                      planned=_planned_trials(space, configs))
+
+
+def _planned_trials(space: SearchSpace, configs: dict[str, TrialConfig]) -> int:
+    """How many trials the search runs when it ends normally: Tune creates them lazily, so an
+    interrupted search may hold fewer than that."""
+    if space.search.kind == "optuna":
+        return space.search.num_samples
+    return len(configs) * space.search.num_samples
 
 
 def _summarise(results: ray.tune.ResultGrid, exp_path: str, seconds: float, backbones: int,
-               space: SearchSpace) -> LaunchReport:
+               space: SearchSpace, planned: int) -> LaunchReport:
     metric, sign = space.search.metric, 1 if space.search.mode == "min" else -1
     # Trials that streamed to the end (ASHA-stopped ones end early, without the final metrics).
     finished = [r for r in results if r.error is None and "regime" in r.metrics]
@@ -286,8 +295,11 @@ def _summarise(results: ray.tune.ResultGrid, exp_path: str, seconds: float, back
     rows = [{"dataset": d, "variant": r.metrics["variant"], "seed": r.metrics["seed"],
              metric: r.metrics[metric], "regime": r.metrics["regime"],
              "sampled": (r.config or {}).get("sampled", {})} for d, r in best.items()]
-    return LaunchReport(exp_path, len(results), len(results.errors), seconds, rows, backbones,
-                        metric, unfinished_trials(exp_path))
+    # pending or running when interrupted, or never created (Tune creates trials lazily)
+    created, unfinished = len(results), unfinished_trials(exp_path)
+    unfinished += max(planned - created, 0)
+    return LaunchReport(exp_path, created, len(results.errors), seconds, rows, backbones,
+                        metric, unfinished)
 
 
 def format_report(report: LaunchReport) -> str:
