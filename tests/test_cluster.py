@@ -154,11 +154,13 @@ def test_a_search_by_address_runs_on_both_nodes_with_shared_artefacts(cluster, t
     assert len({m["backbone_key"] for m in metrics}) == 1
 
 
-def test_submit_with_the_token_runs_the_quickstart_to_completion(cluster, tmp_path, cache_dir):
+def test_submit_with_the_token_runs_a_quickstart_selection_on_both_nodes(cluster, tmp_path, cache_dir):
     out = tmp_path / "out"
+    # the selection travels with the job: one trial per node (8 would only take longer)
     submitted = subprocess.run(
         [*HMEM, "tune", "submit", "search_spaces/quickstart.yaml", "--address", cluster.dashboard,
-         "--storage", str(out), "--cache-dir", str(cache_dir), "--wait"],
+         "--storage", str(out), "--cache-dir", str(cache_dir), "--variants", "p2p7p8",
+         "--seeds", "0,1", "--wait"],
         cwd=REPO, env=_client_env(tmp_path, cluster.token), capture_output=True, text=True,
         timeout=600)
     assert submitted.returncode == 0, submitted.stdout[-4000:] + submitted.stderr[-3000:]
@@ -166,7 +168,7 @@ def test_submit_with_the_token_runs_the_quickstart_to_completion(cluster, tmp_pa
     assert f"job {job} SUCCEEDED" in submitted.stdout
 
     trials = _trials(out / "quickstart")
-    assert len(trials) == 8
+    assert sorted(trials) == ["p2p7p8-synthetic-s0", "p2p7p8-synthetic-s1"]
     for label, folder in trials.items():
         metrics = json.loads((folder / "metrics.json").read_text())
         assert label == f"{metrics['variant']}-synthetic-s{metrics['seed']}"

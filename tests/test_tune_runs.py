@@ -121,7 +121,7 @@ def test_quickstart_end_to_end(tmp_path, cache_dir, ray_shutdown):
         assert list(folder.glob("events.out.tfevents.*"))  # Tune's running metrics
 
     # each trial gives exactly what `hmem run` gives for the same variant and seed
-    for variant, seed in [("frozen", 0), ("online_slow", 1), ("p2p7p8", 0), ("p2p7p8_frozen", 1)]:
+    for variant, seed in [("online_slow", 1), ("p2p7p8", 0)]:  # a baseline, a corrector
         tuned = json.loads((trials[f"{variant}-synthetic-s{seed}"] / "metrics.json").read_text())
         assert tuned["mse"] == _hmem_run_mse(space, variant, seed, cache_dir), variant
     assert [row["variant"] for row in report.best] == ["p2p7p8"]
