@@ -66,12 +66,14 @@ def time_variant(
         step(start)
         times.append((time.perf_counter() - began) * 1000.0)
     if args.profile:
-        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU],
+                                    record_shapes=args.shapes) as prof:
             for _ in range(args.profile):
                 step(next(cursor))
         print(f"\n{variant}, {mode}: torch.profiler over "
               f"{args.profile} steps (self CPU time)")
-        print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=args.rows))
+        averages = prof.key_averages(group_by_input_shape=args.shapes)
+        print(averages.table(sort_by="self_cpu_time_total", row_limit=args.rows))
     return times
 
 
@@ -87,6 +89,8 @@ def main() -> None:
     parser.add_argument("--warm", type=int, default=200)
     parser.add_argument("--profile", type=int, default=0, metavar="STEPS",
                         help="after timing, profile this many steps and print the top operators")
+    parser.add_argument("--shapes", action="store_true",
+                        help="with --profile: one row per operator and input shapes")
     parser.add_argument("--rows", type=int, default=20, help="rows of the profiler table")
     parser.add_argument("--modes", nargs="+", default=["eager", "auto"], choices=list(MODES),
                         help="runtime.compile false / auto (the CHRC paths, as a long run "
