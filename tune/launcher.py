@@ -38,8 +38,14 @@ from hmem.records import LAUNCH_RECORD, LaunchRecord
 from hmem.spaces import Cell, Distribution, SearchSpace, load_space
 from tune.artefacts import BackbonePlan, plan_backbones, ship_backbones
 from tune.futility import FutilityStopper, control_losses
-from tune.ray_api import (can_restore, connect, new_tuner, pretrain_cpus, restore_tuner,
-                          unfinished_trials)
+from tune.ray_api import (
+    can_restore,
+    connect,
+    new_tuner,
+    pretrain_cpus,
+    restore_tuner,
+    unfinished_trials,
+)
 from tune.trainable import TrialContext, hmem_trainable
 
 log = logging.getLogger(__name__)
