@@ -121,6 +121,8 @@ def main(argv: list[str] | None = None) -> int:
                              "order differ on a GPU)")
     parser.add_argument("--sharing", type=int, nargs="+", default=[1, 4, 16])
     parser.add_argument("--quickstart-seeds", type=int, nargs="+", default=[0, 1])
+    parser.add_argument("--quickstart-variants", nargs="+", default=None,
+                        help="the quickstart's variants to run (default: all four)")
     parser.add_argument("--data-dir", default=None)
     parser.add_argument("--cache-dir", default=None)
     parser.add_argument("--out", default=None, help="folder of the searches (default: a temp one)")
@@ -147,10 +149,17 @@ def main(argv: list[str] | None = None) -> int:
 
     def quickstart():
         quick = REPO / "search_spaces/quickstart.yaml"
-        n = 4 * len(args.quickstart_seeds)
+        variants = load_space(quick).variants
+        if args.quickstart_variants:
+            unknown = sorted(set(args.quickstart_variants) - set(variants))
+            if unknown:
+                raise ValueError(f"--quickstart-variants: {', '.join(unknown)} not in {quick} "
+                                 f"(it has {', '.join(variants)})")
+            variants = {name: variants[name] for name in args.quickstart_variants}
+        n = len(variants) * len(args.quickstart_seeds)
         report, _ = search(args, quick, "gpu_check_quickstart", {
-            "seeds": args.quickstart_seeds, "resources": gpu_share(n, args.device),
-            "base": trial_overrides(args)}, out)
+            "variants": variants, "seeds": args.quickstart_seeds,
+            "resources": gpu_share(n, args.device), "base": trial_overrides(args)}, out)
         yield ("quickstart", f"{report.trials - report.errored}/{report.trials} trials finished "
                              f"in {report.seconds:.0f} s on {args.device}")
 

@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 
 import pytest
-from processes import stop_group
+from processes import stop_ray_node
 
 from hmem.spaces import Cell
 
@@ -107,8 +107,8 @@ def cluster(tmp_path_factory):
             time.sleep(1)
         yield handle
     finally:
-        for process in reversed(processes):
-            stop_group(process)
+        for process in reversed(processes):  # the worker first: it drains through the head
+            stop_ray_node(process)
         for folder in temp.values():
             shutil.rmtree(folder, ignore_errors=True)
 
