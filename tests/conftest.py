@@ -78,9 +78,11 @@ def run_online(cache_dir):
     return run
 
 
-@pytest.fixture
-def ray_shutdown():
-    """Stops the embedded Ray a test's launch started (a launch leaves it up for the next)."""
+@pytest.fixture(scope="session")
+def embedded_ray():
+    """For tests that launch in this process: the first launch starts the embedded Ray on
+    127.0.0.1 and leaves it up (as it does for a notebook), the next ones connect to it, and it
+    stops when the session ends. Starting and stopping one per test cost about 5 s each."""
     yield
     import ray
 

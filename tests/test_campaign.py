@@ -17,7 +17,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import ray
 
 from analysis.loading import load_trials
 from hmem.spaces import load_space
@@ -63,7 +62,7 @@ def _results(experiment: Path) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def campaign(tmp_path_factory, cache_dir):
+def campaign(tmp_path_factory, cache_dir, embedded_ray):
     root = tmp_path_factory.mktemp("campaign")
     space = root / "tinyplan.yaml"
     space.write_text(SPACE)
@@ -80,16 +79,13 @@ def campaign(tmp_path_factory, cache_dir):
         return launch(path, launch_options)
 
     folder = root / "out" / "tinyplan"
-    try:
-        with pytest.raises(Interrupt):
-            run_campaign(space, options, launcher=stop_after_first_stage)
-        first_s0 = _results(folder / "S0")
-        with pytest.raises(Exception, match="already holds a campaign"):
-            run_campaign(space, options)
-        report = run_campaign(space, CampaignOptions(
-            storage=str(root / "out"), cache_dir=str(cache_dir), resume=True, stopping=False))
-    finally:
-        ray.shutdown()
+    with pytest.raises(Interrupt):
+        run_campaign(space, options, launcher=stop_after_first_stage)
+    first_s0 = _results(folder / "S0")
+    with pytest.raises(Exception, match="already holds a campaign"):
+        run_campaign(space, options)
+    report = run_campaign(space, CampaignOptions(
+        storage=str(root / "out"), cache_dir=str(cache_dir), resume=True, stopping=False))
     return {"folder": folder, "report": report, "first_s0": first_s0, "space": space}
 
 
@@ -223,7 +219,7 @@ OPEN_SPACE = SPACE.replace("name: tinyplan", "name: opengates").replace(
     "  online_base: {chrc: {enabled: false}, backbone: {online_lr_scale: 1.0}}\n")
 
 
-def test_gates_open_and_a_single_seed_gets_reproduced(tmp_path, cache_dir):
+def test_gates_open_and_a_single_seed_gets_reproduced(tmp_path, cache_dir, embedded_ray):
     """The other way through the gates: with a threshold every gain passes, A2 and S3 run; with
     one seed, each best variant needs reproduction and gets the extra seed with its control."""
     from analysis.rules import Rules
@@ -233,12 +229,8 @@ def test_gates_open_and_a_single_seed_gets_reproduced(tmp_path, cache_dir):
                                         "lr_scale: 2.0}}\n", "").replace(
         "  a1_sweep: {snma: {enabled: true, beta: 0.3}}\n", "").replace(
         "  b1_bilinear: {chrc: {retrieval: {similarity: bilinear}}}\n", ""))
-    try:
-        run_campaign(space, CampaignOptions(storage=str(tmp_path / "out"),
-                                            cache_dir=str(cache_dir), extra_seeds=1,
-                                            rules=Rules(min_gain=-1.0)))
-    finally:
-        ray.shutdown()
+    run_campaign(space, CampaignOptions(storage=str(tmp_path / "out"), cache_dir=str(cache_dir),
+                                        extra_seeds=1, rules=Rules(min_gain=-1.0)))
     folder = tmp_path / "out" / "opengates"
     log = (folder / "campaign.log").read_text()
     assert "gate A2 on synthetic: open (A1's best (a1_zero)" in log

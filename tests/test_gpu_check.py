@@ -10,7 +10,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 
 
-def test_gpu_check_runs_every_check_on_the_cpu(tmp_path, cache_dir, capsys, ray_shutdown):
+def test_gpu_check_runs_every_check_on_the_cpu(tmp_path, cache_dir, capsys, embedded_ray):
     spec = importlib.util.spec_from_file_location("gpu_check", REPO / "benchmarks/gpu_check.py")
     gpu_check = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(gpu_check)

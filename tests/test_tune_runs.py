@@ -98,7 +98,7 @@ def _wait_for(condition, timeout: float, what: str, process: subprocess.Popen | 
 # ----------------------------------------------------------------------------- quickstart
 
 
-def test_quickstart_end_to_end(tmp_path, cache_dir, ray_shutdown):
+def test_quickstart_end_to_end(tmp_path, cache_dir, embedded_ray):
     space = REPO / "search_spaces" / "quickstart.yaml"
     report = launch(space, LaunchOptions(storage=str(tmp_path), cache_dir=str(cache_dir)))
     assert report.trials == 8 and report.errored == 0 and report.backbones == 1
@@ -250,7 +250,7 @@ checkpoint_every: 400
 """
 
 
-def test_optuna_search_with_asha(tmp_path, cache_dir, ray_shutdown):
+def test_optuna_search_with_asha(tmp_path, cache_dir, embedded_ray):
     space = _space(tmp_path, "optuna", OPTUNA)
     report = launch(space, LaunchOptions(storage=str(tmp_path), cache_dir=str(cache_dir)))
     assert report.trials == 4 and report.errored == 0
@@ -273,7 +273,7 @@ def test_optuna_search_with_asha(tmp_path, cache_dir, ray_shutdown):
 
 
 def test_futility_stopping_ends_a_variant_that_cannot_gain_and_records_where(
-        tmp_path, cache_dir, ray_shutdown):
+        tmp_path, cache_dir, embedded_ray):
     """A1 with beta 0 forecasts exactly as its control: with stopping on, the stopper ends it at
     the first look, its metrics.json says where and why, and the verdict reads it."""
     from analysis.rules import variant_table, verdicts
@@ -308,7 +308,7 @@ def test_futility_stopping_ends_a_variant_that_cannot_gain_and_records_where(
     assert judged["gain"] == stop.gain and pd.isna(judged["mse"])  # a part-stream MSE: not shown
 
 
-def test_tuning_on_validation_never_streams_the_test_segment(tmp_path, cache_dir, ray_shutdown):
+def test_tuning_on_validation_never_streams_the_test_segment(tmp_path, cache_dir, embedded_ray):
     """A tuned control is chosen on the warm-up (validation) MSE only: with
     ``online.test_stream: false`` every trial stops after the warm-up, reports its running
     validation MSE (which ASHA and Optuna read), and has no test score at all."""
