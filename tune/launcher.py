@@ -100,6 +100,12 @@ def trial_configs(space: SearchSpace, overrides: dict[str, Any]) -> dict[str, Tr
     return {c.label(): space.trial_config(c.variant, c.dataset, c.seed, overrides) for c in cells}
 
 
+def planned_trials(space: SearchSpace, configs: dict[str, TrialConfig]) -> int:
+    """How many trials the search runs when it ends normally: a grid one per cell, Optuna
+    ``num_samples``. (Tune creates them lazily, so an interrupted search may hold fewer.)"""
+    return len(configs) if space.search.kind == "grid" else space.search.num_samples
+
+
 def _experiment_path(storage: str, name: str) -> str:
     return storage.rstrip("/") + "/" + name
 
@@ -117,7 +123,7 @@ def dry_run_table(space: SearchSpace, configs: dict[str, TrialConfig],
         label = cell.label()
         lines.append(f"{label:<36} {cell.variant:<16} {cell.dataset:<12} {cell.seed:>4}  "
                      f"{space.resources.cpu:>4g} {space.resources.gpu:>4g}  {key_of[label]}")
-    count = len(configs) if space.search.kind == "grid" else space.search.num_samples
+    count = planned_trials(space, configs)
     encoders = sum(len(plan.encoders) for plan in plans.values())
     lines.append(f"{count} trial(s); {len(plans)} pretraining run(s), one per distinct backbone"
                  + (f"; {encoders} contrastive encoder pretraining(s)" if encoders else ""))
@@ -277,15 +283,7 @@ def launch(space_path: str | os.PathLike, options: LaunchOptions) -> LaunchRepor
                           _run_config(space, storage, name))
     results = tuner.fit()
     return _summarise(results, exp_path, time.perf_counter() - started, len(plans), space,
-                      planned=_planned_trials(space, configs))
-
-
-def _planned_trials(space: SearchSpace, configs: dict[str, TrialConfig]) -> int:
-    """How many trials the search runs when it ends normally: Tune creates them lazily, so an
-    interrupted search may hold fewer than that."""
-    if space.search.kind == "optuna":
-        return space.search.num_samples
-    return len(configs) * space.search.num_samples
+                      planned=planned_trials(space, configs))
 
 
 def _summarise(results: ray.tune.ResultGrid, exp_path: str, seconds: float, backbones: int,
