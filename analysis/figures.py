@@ -10,6 +10,9 @@ from matplotlib.figure import Figure
 from analysis.loading import load_losses
 from hmem.directions import Direction
 
+#: Line styles that tell the controls of different backbone regimes apart in one panel.
+CONTROL_STYLES = ("-", "--", "-.", ":")
+
 
 def _datasets(frame: pd.DataFrame) -> list[str]:
     return list(dict.fromkeys(frame["dataset"]))
@@ -40,7 +43,7 @@ def mse_per_variant(trials: pd.DataFrame) -> Figure | None:
         for i, variant in enumerate(variants):
             values = rows.loc[rows["variant"] == variant, "mse"]
             ax.scatter(np.full(len(values), i), values, color="#222f3e", s=14, zorder=3)
-        for (label, group), style in zip(_controls(rows), ("--", ":", "-.")):
+        for (label, group), style in zip(_controls(rows), CONTROL_STYLES[1:]):
             ax.axhline(group["mse"].mean(), color="#ee5253", lw=1, ls=style,
                        label=f"control, {label}")
         low, high = rows["mse"].min(), rows["mse"].max()
@@ -71,7 +74,7 @@ def beta_sweep(trials: pd.DataFrame) -> Figure | None:
         ax.fill_between(curve.index, curve["min"], curve["max"], color="#10ac84", alpha=0.2,
                         label="seed range")
         controls = valid[valid["dataset"] == dataset]
-        for (label, group), style in zip(_controls(controls, rows), ("--", ":", "-.")):
+        for (label, group), style in zip(_controls(controls, rows), CONTROL_STYLES[1:]):
             ax.axhline(group["mse"].mean(), color="#ee5253", ls=style, lw=1,
                        label=f"control, {label}")
         ax.set_xlabel("beta")
@@ -96,6 +99,7 @@ def rolling_mse(trials: pd.DataFrame, window: int | None = None,
     drawn, span = False, window
     for ax, dataset in zip(axes[:, 0], datasets):
         rows = valid[valid["dataset"] == dataset]
+        styles = iter(CONTROL_STYLES * len(rows))  # each control (one per regime) its own line
         for variant, group in rows.groupby("variant", sort=False):
             losses = [loader(r.trial_path, r.experiment_path) for r in group.itertuples()]
             losses = [c for c in losses if c is not None]
@@ -104,9 +108,10 @@ def rolling_mse(trials: pd.DataFrame, window: int | None = None,
             span = window or max(10, min(2000, len(losses[0]) // 20))
             curve = pd.Series(np.mean(losses, axis=0)).rolling(span, min_periods=1).mean()
             control = group["direction"].iloc[0] == Direction.CONTROL
-            ax.plot(curve.index, curve.values, lw=2.2 if control else 0.9,
+            ax.plot(curve.index, curve.values, lw=1.6 if control else 0.9,
                     color="black" if control else None, alpha=1.0 if control else 0.75,
-                    label=variant, zorder=3 if control else 2)
+                    ls=next(styles) if control else "-", label=variant,
+                    zorder=3 if control else 2)
             drawn = True
         ax.set_title(f"{dataset}: rolling test MSE (window {span})" if drawn else dataset)
         ax.set_xlabel("test window")

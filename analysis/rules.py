@@ -448,7 +448,7 @@ def verdicts(variants: pd.DataFrame, rules: Rules = Rules()) -> pd.DataFrame:
                 notes.append(f"tie on validation with {', '.join(ties['variant'].iloc[1:])}")
         if len(judged) < len(group):
             notes.append("unpaired: " + ", ".join(group.loc[group["gain"].isna(), "variant"]))
-        if best["reproduction_note"]:
+        if best["reproduction_note"] and direction != Direction.CONTROL:  # not vs itself
             notes.append(best["reproduction_note"])
         if 0 < best["control_seeds"] < MIN_NOISE_SEEDS:
             notes.append(f"noise floor unknown: {int(best['control_seeds'])} control seed(s), "
@@ -485,6 +485,11 @@ def _direction_order(label: str) -> int:
         return len(Direction)
 
 
+def _selection_words(selected_on: str) -> str:
+    """'validation (warm-up)' or the share of the test stream a dataset without one chose on."""
+    return "validation (warm-up)" if selected_on == "warm-up" else f"the {selected_on}"
+
+
 def _verdict_text(row: dict, rules: Rules, direction: str) -> str:
     pct = rules.min_gain * 100
     if direction == Direction.CONTROL:
@@ -492,7 +497,7 @@ def _verdict_text(row: dict, rules: Rules, direction: str) -> str:
         if math.isnan(base):
             return "control (no CHRC-free baseline to compare with)"
         return (f"control: {100 * base:+.2f}% vs the best CHRC-free baseline "
-                f"({row['best_baseline']}, chosen on validation)")
+                f"({row['best_baseline']}, chosen on {_selection_words(row['selected_on'])})")
     parts = []
     if row["inert"]:
         parts.append(f"inert: its mechanism did not act ({row['acted_rule']} not met, got "

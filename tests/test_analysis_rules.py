@@ -184,6 +184,12 @@ def test_without_warm_up_selection_uses_the_first_part_of_the_stream_and_reports
     assert row["selected_on"] == "first 20% of test"
     assert row["best_variant"] == "b1_a" and row["mse"] == pytest.approx(1.2)  # the rest only
     assert variants.set_index("variant").loc["b1_a", "gain"] == pytest.approx(-0.2)
+    # the control's baseline was chosen the same way, and its verdict says so
+    baseline = [trial("online_slow", "baseline", 0, 1.1, dataset="Weather", warmup=False)]
+    curves["online_slow-Weather-0"] = np.full(n, 1.1)
+    _, verdict = judge(table(*rows, *baseline), curves=lambda path, exp: curves[path])
+    assert verdict.set_index("direction").loc["control", "verdict"].endswith(
+        "(online_slow, chosen on the first 20% of test)")
 
 
 def test_ties_are_reported_and_the_first_declared_variant_wins():
@@ -203,8 +209,10 @@ def test_every_verdict_shows_the_strongest_simple_baseline():
     rows = verdict.set_index("direction")
     assert rows.loc["A1", "best_baseline"] == "online_slow"
     assert rows.loc["A1", "gain_vs_baseline"] == pytest.approx((0.717 - 0.70) / 0.717)
-    assert "control:" in rows.loc["control", "verdict"] and "online_slow" in rows.loc[
-        "control", "verdict"]
+    assert rows.loc["control", "verdict"] == (
+        "control: +0.70% vs the best CHRC-free baseline (online_slow, chosen on validation "
+        "(warm-up))")
+    assert "reproduction" not in rows.loc["control", "notes"]  # never reproduced against itself
     # gains 0.8 % over a weaker control, but only 0.4 % over plain slow fine-tuning
     weak = table(control(0, 0.72), control(1, 0.72), *trials.to_dict("records")[2:6],
                  trial("a1", "A1", 0, 0.714), trial("a1", "A1", 1, 0.714))
@@ -398,3 +406,19 @@ def test_a_run_stopped_for_futility_counts_as_its_gain_below_the_threshold():
     assert a1["best_variant"] == "a1_base"  # chosen on validation, stopped or not
     assert "ineffective (seed 0 stopped at 100 of 400 windows" in a1["verdict"]
     assert not a1["reproduced"] and not a1["success"]
+
+
+# ----------------------------------------------------------------------------- figures
+
+
+def test_the_rolling_figure_tells_the_controls_of_each_regime_apart():
+    from analysis.figures import rolling_mse
+
+    trials = table(control(0, 0.7), trial("p2p7p8_frozen", "control", 0, 0.8, regime=FROZEN),
+                   trial("a1", "A1", 0, 0.69))
+    curves = {path: np.full(100, mse) for path, mse in zip(trials["trial_path"], trials["mse"])}
+    fig = rolling_mse(trials, loader=lambda path, exp: curves[path])
+    lines = {line.get_label(): line for line in fig.axes[0].get_lines()}
+    assert set(lines) == {"p2p7p8", "p2p7p8_frozen", "a1"}
+    assert lines["p2p7p8"].get_linestyle() != lines["p2p7p8_frozen"].get_linestyle()
+    assert lines["a1"].get_color() != lines["p2p7p8"].get_color()
