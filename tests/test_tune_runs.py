@@ -28,6 +28,7 @@ from hmem.data import prepare
 from hmem.online import run_trial
 from hmem.spaces import Cell, load_space
 from tune.launcher import LaunchOptions, Selection, format_report, launch
+from tune.ray_api import unfinished_trials
 
 REPO = Path(__file__).resolve().parents[1]
 HMEM = [sys.executable, "-m", "hmem.cli"]
@@ -212,6 +213,9 @@ checkpoint_every: 400
     # Ray's result grid calls every trial of an interrupted search TERMINATED; the report must not
     assert (f"interrupted: {4 - len(finished)} trial(s) not finished"
             in (tmp_path / "first.log").read_text())
+    # the count reads the saved state (trials Tune created), from relative paths too
+    created = len(ray.tune.ExperimentAnalysis(str(experiment)).trials)
+    assert unfinished_trials(os.path.relpath(experiment)) == created - len(finished) >= 1
     folders = _trials(experiment)
     labels = [Cell(**trial.config["cell"]).label() for trial in finished]
     table = load_trials([experiment])  # what a report of the interrupted experiment shows

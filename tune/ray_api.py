@@ -10,6 +10,7 @@ schedulers, Optuna) stays in :mod:`tune.launcher`, and the trainable's reports i
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Any
 
 import ray
@@ -81,6 +82,8 @@ def load_experiment(path: str) -> ray.tune.ExperimentAnalysis:
     """A saved experiment's trials (status, config, folder) as Ray recorded them."""
     # Ray warns once per trial that has no results yet (pending); the caller says so instead.
     logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
+    if "://" not in path:  # Ray reads a relative local path as a URI without a scheme
+        path = str(Path(path).resolve())
     return ray.tune.ExperimentAnalysis(path)
 
 
