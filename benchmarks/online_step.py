@@ -25,6 +25,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
+from hmem.config import deep_merge, parse_set_overrides
 from hmem.online.learner import OnlineLearner
 from hmem.online.stream import RevealedSeries
 from hmem.spaces import load_space
@@ -37,7 +38,9 @@ MODES = {"eager": False, "auto": "auto", "compiled": True}
 def time_variant(
     space, variant: str, dataset: str, mode: str, args: argparse.Namespace
 ) -> list[float]:
-    cfg = space.trial_config(variant, dataset, overrides={"runtime": {"compile": MODES[mode]}})
+    overrides = deep_merge(parse_set_overrides(args.overrides),
+                           {"runtime": {"compile": MODES[mode]}})
+    cfg = space.trial_config(variant, dataset, overrides=overrides)
     torch.set_num_threads(2)
     artefacts = TrialArtefacts.load_or_build(cfg, args.data_dir, args.cache_dir)
     torch.set_num_threads(args.threads)
@@ -156,6 +159,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--data-dir", default=None)
     parser.add_argument("--cache-dir", default=None)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--set", dest="overrides", action="append", default=[],
+                        metavar="KEY=VALUE", help="override a config value, as hmem run --set")
     parser.add_argument("--steps", type=int, default=2000)
     parser.add_argument("--warm", type=int, default=200)
     parser.add_argument("--profile", type=int, default=0, metavar="STEPS",

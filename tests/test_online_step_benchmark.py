@@ -17,7 +17,7 @@ def test_the_step_benchmark_times_a_step_and_each_of_its_pieces(cache_dir, capsy
     spec.loader.exec_module(online_step)
     online_step.main(["--space", str(REPO / "search_spaces/control.yaml"), "--dataset",
                       "synthetic", "--variants", "p2p7p8", "--modes", "eager", "--steps", "20",
-                      "--warm", "5", "--floor", "--cache-dir", str(cache_dir)])
+                      "--warm", "5", "--floor", "--set", "chrc.memory.capacity=100", "--cache-dir", str(cache_dir)])
     out = capsys.readouterr().out
     pieces = dict(re.findall(r"^  (\S.*?)\s+(\d+\.\d+)$", out, re.MULTILINE))
     names = [name.split(" (")[0] for name in pieces]
