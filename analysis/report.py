@@ -21,6 +21,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from analysis import figures
+from analysis.campaign_log import CampaignLog, campaigns, expand
 from analysis.compute import compute_table, exhaustive_hours
 from analysis.loading import AnalysisError, load_trials
 from analysis.reproduce import commands
@@ -56,6 +57,7 @@ class Analysis:
     grid: pd.DataFrame | None = None  # the full grid of a space, to cost against (grid_cells)
     tuning: pd.DataFrame | None = None  # trials of tuning searches on validation (--tuning)
     commands: list[str] = field(default_factory=list)  # what reproduces it (analysis.reproduce)
+    campaigns: list[CampaignLog] = field(default_factory=list)  # those the experiments are stages of
 
     @property
     def compute(self) -> pd.DataFrame:
@@ -133,16 +135,20 @@ def build(experiments: Sequence[str | os.PathLike] | str | os.PathLike,
     """Load, pair, judge. A single folder may be given as a plain string or path; ``space``
     (the search space the experiments come from) adds the exhaustive grid's cost; ``tuning``:
     searches that tuned a configuration on validation (shown apart: they have no test score);
-    ``command``: the report command, listed last among those that reproduce the report."""
+    ``command``: the report command, listed last among those that reproduce the report. A
+    campaign's folder stands for every stage it has started."""
     if isinstance(experiments, (str, os.PathLike)):
         experiments = [experiments]
-    experiments, tuning = [str(e) for e in experiments], [str(e) for e in tuning]
+    experiments, tuning = expand(experiments), expand(tuning)
+    if not experiments:
+        raise AnalysisError("no experiment to report on: the campaign folder(s) given hold no "
+                            "stage yet")
     trials = load_trials(experiments)
     variants = variant_table(trials, rules)
     return Analysis(experiments, trials, variants, verdicts(variants, rules), rules,
                     grid_cells(space) if space is not None else None,
                     load_trials(tuning) if tuning else None,
-                    commands(experiments, tuning, command))
+                    commands(experiments, tuning, command), campaigns(experiments))
 
 
 def _cell(column: str, value):
@@ -198,7 +204,17 @@ def _header(analysis: Analysis) -> tuple[str, list[str]]:
         "persistent loss differentials; and the control's seed-to-seed spread (3 seeds or more) "
         "as the noise floor.",
     ]
-    return "H-Mem 2.1 ablation report", lines
+    return "H-Mem 2.1 ablation report", [c.status() for c in analysis.campaigns] + lines
+
+
+def _decisions_title(campaign: CampaignLog) -> str:
+    return f"Decisions of campaign {campaign.name}" + ("" if campaign.finished else
+                                                      " (not finished)")
+
+
+def _decision_lines(campaign: CampaignLog) -> list[str]:
+    """``campaign.log`` as the campaign wrote it: each stage, gate and verdict, and why."""
+    return [f"{d.time} {d.text}" for d in campaign.decisions]
 
 
 def to_html(analysis: Analysis) -> str:
@@ -214,6 +230,9 @@ def to_html(analysis: Analysis) -> str:
              display_table(analysis.variants, VARIANT_COLUMNS).to_html(index=False)]
     if not analysis.failed.empty:
         parts += ["<h2>Trials that do not count</h2>", analysis.failed.to_html(index=False)]
+    for campaign in analysis.campaigns:
+        parts += [f"<h2>{html.escape(_decisions_title(campaign))}</h2>",
+                  "<pre>" + html.escape(chr(10).join(_decision_lines(campaign))) + "</pre>"]
     parts += ["<h2>Compute</h2>", f"<p>{html.escape(analysis.compute_note())}</p>",
               analysis.compute.to_html(index=False)]
     if analysis.tuning is not None:
@@ -238,6 +257,9 @@ def to_markdown(analysis: Analysis, assets: Path) -> str:
              display_table(analysis.variants, VARIANT_COLUMNS).to_markdown(index=False), ""]
     if not analysis.failed.empty:
         parts += ["## Trials that do not count", "", analysis.failed.to_markdown(index=False), ""]
+    for campaign in analysis.campaigns:
+        parts += [f"## {_decisions_title(campaign)}", "", "```text",
+                  *_decision_lines(campaign), "```", ""]
     parts += ["## Compute", "", analysis.compute_note(), "",
               analysis.compute.to_markdown(index=False), ""]
     if analysis.tuning is not None:

@@ -9,18 +9,15 @@ shows with the benchmark files found through ``$HMEM_DATA_DIR``.
 
 from __future__ import annotations
 
-import re
 import shlex
 from collections.abc import Sequence
 from pathlib import Path
 
+from analysis.campaign_log import campaign_of
 from analysis.loading import flatten, read_launch_record
 from hmem.errors import HmemError
 from hmem.records import LaunchRecord
 from hmem.spaces import load_space
-
-CAMPAIGN_LOG = "campaign.log"
-_STARTED = re.compile(r"(?:starting|resuming) campaign (\S+) from (\S+)")
 
 
 def _in_repository(path: str) -> str:
@@ -28,18 +25,6 @@ def _in_repository(path: str) -> str:
     of the shipped spaces, wherever the checkout that launched it was."""
     marker = "search_spaces/"
     return path[path.index(marker):] if marker in path else path
-
-
-def _campaign(folder: Path) -> tuple[str, str] | None:
-    """(name, space) of the campaign an experiment folder is a stage of, if it is one."""
-    log = folder.parent / CAMPAIGN_LOG
-    if "://" in str(folder) or not log.is_file():
-        return None
-    for line in log.read_text().splitlines():
-        found = _STARTED.search(line)
-        if found:
-            return found.group(1), _in_repository(found.group(2))
-    return None
 
 
 def _selection(record: LaunchRecord, space_file: str) -> str:
@@ -64,9 +49,9 @@ def commands(experiments: Sequence[str], tuning: Sequence[str] = (),
     """Shell commands, in order: launch every experiment (a campaign once), then the report."""
     lines: list[str] = []
     for location in [*tuning, *experiments]:
-        campaign = _campaign(Path(location))
+        campaign = campaign_of(location)
         if campaign is not None:
-            name, space = campaign
+            name, space = campaign.name, _in_repository(campaign.space)
             line = f"hmem campaign {space}" + (f" --name {name}" if name != Path(space).stem
                                                  else "")
         else:

@@ -122,7 +122,9 @@ def build_parser() -> argparse.ArgumentParser:
     report = commands.add_parser(
         "report", help="verdicts, tables and figures of one or more experiments (HTML or MD)")
     report.add_argument("experiments", nargs="+", metavar="EXP_DIR",
-                        help="experiment folders (STORAGE/NAME), e.g. results/tune/plan")
+                        help="experiment folders (STORAGE/NAME), e.g. results/tune/plan, or "
+                             "a campaign's folder (results/campaigns/plan): every stage it has "
+                             "started, its decisions, and whether it has finished")
     report.add_argument("--out", required=True, help="report file, .html or .md")
     report.add_argument("--space", default=None,
                         help="the search space the experiments come from: the report then costs "

@@ -356,6 +356,13 @@ class TrialConfig(_Config):
         return self
 
     @property
+    def seed_matters(self) -> bool:
+        """Whether the seed can change the numbers. It initialises what CHRC and SNMA-Light
+        train online; without either (the CHRC-free baselines) every seed gives the same run,
+        since the backbone comes pretrained with its own seed, so one seed stands for all."""
+        return self.chrc.enabled or self.snma.enabled
+
+    @property
     def uses_pretrained_encoder(self) -> bool:
         """B2: CHRC's POGT encoder comes pretrained (``hmem pretrain-encoder``) and frozen."""
         return self.chrc.enabled and self.chrc.contrastive.enabled

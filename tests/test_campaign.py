@@ -102,6 +102,10 @@ def test_the_campaign_applies_the_rules_between_stages(campaign):
     assert "gate S3 on synthetic: closed (no A" in log
     stages = _stages(folder)
     assert stages[:2] == ["A1-first", "B1-first"] and "S0" in stages and "B3-first" in stages
+    # the baseline gives the same numbers on every seed: it ran whole, on the first seed only
+    baseline = load_trials([folder / "S0-frozen"])
+    assert list(baseline["seed"]) == [0] and set(load_trials([folder / "S0"])["variant"]) == {
+        "p2p7p8"}
     ran = {v for v in load_trials([folder / s for s in stages])["variant"]}
     assert "a1_sweep" not in ran and "a2" not in ran
     # B directions: a best variant that gained without reproducing got extra seeds
@@ -161,9 +165,69 @@ def test_hmem_report_writes_html_and_markdown(campaign, tmp_path):
     assert block[1] == shlex.join(["hmem", "report", *stages, "--out", str(md_out)])
 
 
+def _report(experiments: list[str], out: Path) -> str:
+    done = subprocess.run([sys.executable, "-m", "hmem.cli", "report", *experiments, "--out",
+                           str(out)], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return out.read_text()
+
+
+def test_a_report_on_the_campaign_folder_covers_its_stages_and_says_if_it_finished(campaign,
+                                                                                   tmp_path):
+    folder = campaign["folder"]
+    stages = [str(folder / s) for s in _stages(folder)]
+    text = _report([str(folder)], tmp_path / "whole.md")
+    assert f"from {len(load_trials(stages))} trial(s)" in text
+    assert "Campaign tinyplan" in text and " finished at " in text and "NOT finished" not in text
+    decisions = text[text.index("## Decisions of campaign tinyplan\n"):]
+    assert "gate S3 on synthetic: closed" in decisions and "finished: every stage" in decisions
+    # the same campaign as it stood when B1 had just started: a report published half-way
+    log = (folder / "campaign.log").read_text().splitlines()
+    cut = next(i for i, line in enumerate(log) if "B1-first: running" in line)
+    partial = tmp_path / "runs" / "tinyplan"
+    partial.mkdir(parents=True)
+    (partial / "campaign.log").write_text("\n".join(log[:cut + 1]) + "\n")
+    started = list(dict.fromkeys(line.split()[1].rstrip(":") for line in log[:cut + 1]
+                                 if ": running" in line or ": resuming" in line))
+    for stage in started:
+        shutil.copytree(folder / stage, partial / stage)
+    text = _report([str(partial)], tmp_path / "partial.md")
+    assert "has NOT finished" in text and "Decisions of campaign tinyplan (not finished)" in text
+    assert f"from {len(load_trials([partial / s for s in started]))} trial(s)" in text
+    assert started[-1] == "B1-first" and "| b3 " not in text  # B3 had not started
+
+
+def test_the_campaign_log_lists_each_stage_once_and_a_resume_reopens_it(tmp_path):
+    from analysis.campaign_log import expand, read_campaign
+
+    folder = tmp_path / "plan"
+    folder.mkdir()
+    (folder / "campaign.log").write_text(
+        "2026-12-01T01:00:00 starting campaign plan from search_spaces/plan.yaml\n"
+        "2026-12-01T01:00:01 S0: running p2p7p8 on ETTm1, seeds [0, 1]\n"
+        "2026-12-01T02:00:00 S0: interrupted with 1 of 2 trials unfinished; the campaign stops\n"
+        "2026-12-01T03:00:00 resuming campaign plan from search_spaces/plan.yaml\n"
+        "2026-12-01T03:00:01 S0: resuming p2p7p8 on ETTm1, seeds [0, 1]\n"
+        "2026-12-01T04:00:00 A1 on ETTm1: ineffective (a1_base -> a1_beta0.05 each gain < 0.5%)\n"
+        "2026-12-01T04:00:01 A1-first: running a1_base, a1_beta0.05 on ETTm1, seeds [0, 1]\n")
+    (folder / "S0").mkdir()  # A1-first has not written its folder yet
+    campaign = read_campaign(folder)
+    assert campaign.stages == ("S0", "A1-first") and not campaign.finished
+    assert campaign.space == "search_spaces/plan.yaml" and len(campaign.decisions) == 7
+    assert expand([folder, folder / "S0"]) == [str(folder / "S0")]
+    assert "has NOT finished" in campaign.status() and "04:00:01" in campaign.status()
+    with (folder / "campaign.log").open("a") as log:
+        log.write("2026-12-01T05:00:00 finished: every stage has run\n")
+    assert read_campaign(folder).finished
+    with (folder / "campaign.log").open("a") as log:
+        log.write("2026-12-01T06:00:00 resuming campaign plan from search_spaces/plan.yaml\n")
+    assert not read_campaign(folder).finished  # resumed: a further stage may run
+    assert read_campaign(tmp_path) is None and expand([tmp_path / "x"]) == [str(tmp_path / "x")]
+
+
 def test_failed_and_nan_trials_are_listed_and_never_counted(campaign, tmp_path):
-    copy = tmp_path / "S0"
-    shutil.copytree(campaign["folder"] / "S0", copy)
+    copy = tmp_path / "A1-first"  # four trials: two variants, two seeds
+    shutil.copytree(campaign["folder"] / "A1-first", copy)
     trial_dirs = sorted(d for d in copy.iterdir() if (d / "metrics.json").exists())
     nan_metrics = json.loads((trial_dirs[0] / "metrics.json").read_text())
     nan_metrics["mse"] = float("nan")
@@ -242,7 +306,7 @@ def test_gates_open_and_a_single_seed_gets_reproduced(tmp_path, cache_dir, embed
     assert "baseline on synthetic: online_base chosen on validation MSE (online_base " in log
     select = trials[trials["experiment"] == "S0-select"]
     assert set(select["variant"]) == {"frozen", "online_base"} and not select["valid"].any()
-    s0 = trials[trials["experiment"] == "S0"]
+    s0 = trials[trials["experiment"].isin(["S0", "S0-online_base"])]
     assert set(s0["variant"]) == {"online_base", "p2p7p8"} and s0["valid"].all()
     assert "frozen" not in set(trials[trials["valid"]]["variant"])
     # three control seeds for the noise floor: S0 ran seed 0, S0-seeds 1 and 2, so the
@@ -260,6 +324,7 @@ def test_gates_open_and_a_single_seed_gets_reproduced(tmp_path, cache_dir, embed
     assert stages["A1-first"].enabled and stages["A1-first"].controls == [str(folder / "S0")]
     assert stages["A1-first"].min_gain == -1.0
     assert not stages["S0"].enabled and not stages["S0-seeds"].enabled
+    assert not stages["S0-online_base"].enabled
     assert not stages["A1-repro-synthetic"].enabled
     assert not trials["stopped"].any()
 

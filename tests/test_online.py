@@ -26,6 +26,17 @@ def test_same_config_and_seed_give_identical_numbers(tiny, run_online):
     assert other_seed.metrics["mse"] != first.metrics["mse"]
 
 
+def test_a_run_that_trains_nothing_seeded_is_the_same_on_every_seed(tiny, run_online):
+    """The campaign runs such baselines on one seed only (TrialConfig.seed_matters)."""
+    online = {"chrc": {"enabled": False}, "backbone": {"online_lr_scale": 1.0}}
+    assert not tiny(online).seed_matters and tiny().seed_matters
+    assert tiny({"chrc": {"enabled": False}, "snma": {"enabled": True}}).seed_matters
+    first, _ = run_online(tiny(online))
+    second, _ = run_online(tiny(online, {"seed": 3}))
+    assert torch.equal(first.forecasts, second.forecasts)
+    assert first.metrics["mse"] == second.metrics["mse"]
+
+
 def test_cached_base_forecasts_match_running_the_frozen_backbone_every_step(tiny, run_online):
     cached, _ = run_online(tiny())
     live, _ = run_online(tiny({"runtime": {"base_cache": False}}))

@@ -1,8 +1,10 @@
 """``hmem campaign SPACE.yaml``: the plan's stages in order, with its rules deciding in between.
 
-    S0  the control and the strongest CHRC-free baseline, chosen on validation by selection
-        runs that stop where the choice is made (S0-select); S0-seeds: the control on further
-        seeds, so that every control has ``control_seeds`` (3 by default) for the noise floor
+    S0  the controls; the strongest CHRC-free baseline, chosen on validation by selection
+        runs that stop where the choice is made (S0-select), then run whole (S0-BASELINE); a
+        baseline gives the same numbers on every seed, so both run on the first seed only;
+        S0-seeds: the controls on further seeds, so that every control has ``control_seeds``
+        (3 by default) for the noise floor
     S1  A1: its first two variants (A1-base and the first beta), then the rest of the sweep
         unless those two made A1 ineffective; A2 on the datasets where A1 gained (plan 5.2)
     S2  B1, B3, B2 in that order, each the same way
@@ -32,6 +34,7 @@ from typing import Any
 import pandas as pd
 import yaml
 
+from analysis.campaign_log import FINISHED, LOG_FILE
 from analysis.loading import AnalysisError, load_trials
 from analysis.report import write_report
 from analysis.rules import Rules, a2_gate, s3_pair, variant_table, verdicts
@@ -125,7 +128,7 @@ class Campaign:
         stamp = dt.datetime.now().isoformat(timespec="seconds")
         self.decisions.append(line)
         print(f"[campaign] {line}", flush=True)
-        with (self.folder / "campaign.log").open("a") as handle:
+        with (self.folder / LOG_FILE).open("a") as handle:
             handle.write(f"{stamp} {line}\n")
 
     def judge(self) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -206,7 +209,8 @@ class Campaign:
         warms = {d: self.space.trial_config(names[0], d).online.warmup for d in datasets}
         layers = {d: {"online": {"test_stream": False} if warms[d] else {"test_share": share}}
                   for d in datasets}
-        self.run_stage("S0-select", self.pick(names), datasets, futility=False, layers=layers)
+        self.run_stage("S0-select", self.pick(names), datasets, self.seeds_for(names),
+                       futility=False, layers=layers)
         runs = load_trials([self.stages[-1]])
         runs = runs[runs["status"] == "TERMINATED"]
         chosen = {}
@@ -226,6 +230,14 @@ class Campaign:
                         + "); only it runs the whole test stream")
         return chosen
 
+    def seeds_for(self, names: list[str]) -> list[int] | None:
+        """The space's first seed alone when none of these variants' numbers depend on the seed
+        (:attr:`TrialConfig.seed_matters`: the CHRC-free baselines), else None (every seed)."""
+        if any(self.space.trial_config(n, d).seed_matters
+               for n in names for d in self.space.datasets):
+            return None
+        return self.space.seeds[:1]
+
     def _regime_of(self, variant: str) -> BackboneRegime:
         first = next(iter(self.space.datasets))
         return self.space.trial_config(variant, first).backbone_regime
@@ -240,12 +252,11 @@ class Campaign:
             raise ConfigError(f"{self.space.source}: a campaign needs a control variant (CHRC "
                               "on, no direction switched on), e.g. p2p7p8")
         chosen = self.choose_baselines(groups.get(Direction.BASELINE, []), datasets)
-        everywhere = list(set(chosen.values())) if len(set(chosen.values())) == 1 else []
-        self.run_stage("S0", self.pick(everywhere + groups[Direction.CONTROL]), datasets)
-        for baseline in dict.fromkeys(chosen.values()):  # datasets that chose differently
-            if baseline not in everywhere:
-                self.run_stage(f"S0-{baseline}", self.pick([baseline]),
-                               [d for d in datasets if chosen[d] == baseline])
+        self.run_stage("S0", self.pick(groups[Direction.CONTROL]), datasets)
+        for baseline in dict.fromkeys(chosen.values()):  # on the datasets that chose it
+            self.run_stage(f"S0-{baseline}", self.pick([baseline]),
+                           [d for d in datasets if chosen[d] == baseline],
+                           self.seeds_for([baseline]))
         extra = sorted(set(range(self.options.control_seeds)) - set(self.space.seeds))
         if extra:  # the noise floor needs that many control seeds
             self.run_stage("S0-seeds", self.pick(groups[Direction.CONTROL]), datasets, extra)
@@ -278,6 +289,7 @@ class Campaign:
                 self.run_stage(f"S3-{dataset}", {f"s3_{a}+{b}": combined}, [dataset])
 
         report = self.folder / "report.html"
+        self.decide(f"{FINISHED}every stage has run")  # before the report, which reads the log
         write_report(self.stages, report, self.options.rules, self.space)
         self.decide(f"report: {report}")
         return report
@@ -293,10 +305,10 @@ def run_campaign(space_path: str | os.PathLike, options: CampaignOptions,
     if space.search.kind != "grid":
         raise ConfigError(f"{space.source}: a campaign runs grid spaces (search.kind: grid)")
     folder = Path(options.storage).expanduser().resolve() / (options.name or space.name)
-    if (folder / "campaign.log").exists() and not options.resume:
+    if (folder / LOG_FILE).exists() and not options.resume:
         raise AnalysisError(f"{folder} already holds a campaign: pass --resume to continue it, "
                             "or --name NAME for a new one")
-    if options.resume and not (folder / "campaign.log").exists():
+    if options.resume and not (folder / LOG_FILE).exists():
         raise AnalysisError(f"nothing to resume at {folder}: start the campaign first")
     folder.mkdir(parents=True, exist_ok=True)
     if launcher is None:
