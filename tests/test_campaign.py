@@ -102,10 +102,12 @@ def test_the_campaign_applies_the_rules_between_stages(campaign):
     assert "gate S3 on synthetic: closed (no A" in log
     stages = _stages(folder)
     assert stages[:2] == ["A1-first", "B1-first"] and "S0" in stages and "B3-first" in stages
-    # the baseline gives the same numbers on every seed: it ran whole, on the first seed only
-    baseline = load_trials([folder / "S0-frozen"])
-    assert list(baseline["seed"]) == [0] and set(load_trials([folder / "S0"])["variant"]) == {
-        "p2p7p8"}
+    # the baseline gives the same numbers on every seed: it ran whole once, beside the
+    # control's third seed
+    s0_seeds = load_trials([folder / "S0-seeds"])
+    assert set(zip(s0_seeds["variant"], s0_seeds["seed"])) == {("frozen", 2), ("p2p7p8", 2)}
+    assert set(load_trials([folder / "S0"])["variant"]) == {"p2p7p8"}
+    assert not (folder / "S0-frozen").exists()
     ran = {v for v in load_trials([folder / s for s in stages])["variant"]}
     assert "a1_sweep" not in ran and "a2" not in ran
     # B directions: a best variant that gained without reproducing got extra seeds

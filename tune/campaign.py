@@ -1,10 +1,11 @@
 """``hmem campaign SPACE.yaml``: the plan's stages in order, with its rules deciding in between.
 
     S0  the controls; the strongest CHRC-free baseline, chosen on validation by selection
-        runs that stop where the choice is made (S0-select), then run whole (S0-BASELINE); a
-        baseline gives the same numbers on every seed, so both run on the first seed only;
-        S0-seeds: the controls on further seeds, so that every control has ``control_seeds``
-        (3 by default) for the noise floor
+        runs that stop where the choice is made (S0-select), then run whole; S0-seeds: the
+        controls on further seeds, so that every control has ``control_seeds`` (3 by default)
+        for the noise floor. A baseline gives the same numbers on every seed, so it runs once
+        per dataset: its selection runs on the first seed, its whole run beside the controls'
+        further seed in S0-seeds (or on the first seed, in a stage S0-BASELINE of its own)
     S1  A1: its first two variants (A1-base and the first beta), then the rest of the sweep
         unless those two made A1 ineffective; A2 on the datasets where A1 gained (plan 5.2)
     S2  B1, B3, B2 in that order, each the same way
@@ -253,13 +254,22 @@ class Campaign:
                               "on, no direction switched on), e.g. p2p7p8")
         chosen = self.choose_baselines(groups.get(Direction.BASELINE, []), datasets)
         self.run_stage("S0", self.pick(groups[Direction.CONTROL]), datasets)
-        for baseline in dict.fromkeys(chosen.values()):  # on the datasets that chose it
-            self.run_stage(f"S0-{baseline}", self.pick([baseline]),
-                           [d for d in datasets if chosen[d] == baseline],
-                           self.seeds_for([baseline]))
         extra = sorted(set(range(self.options.control_seeds)) - set(self.space.seeds))
+        # A baseline whose numbers do not depend on the seed needs one run per dataset, on any
+        # seed: where it was chosen on every dataset and the controls need exactly one further
+        # seed, it runs on that seed beside them (one stage keeps every worker busy: the whole
+        # Weather stream takes the better part of an hour); otherwise on the first seed alone.
+        joining = [b for b in dict.fromkeys(chosen.values())
+                   if len(extra) == 1 and self.seeds_for([b]) is not None
+                   and all(chosen[d] == b for d in datasets)]
+        for baseline in dict.fromkeys(chosen.values()):
+            if baseline not in joining:  # on the datasets that chose it
+                self.run_stage(f"S0-{baseline}", self.pick([baseline]),
+                               [d for d in datasets if chosen[d] == baseline],
+                               self.seeds_for([baseline]))
         if extra:  # the noise floor needs that many control seeds
-            self.run_stage("S0-seeds", self.pick(groups[Direction.CONTROL]), datasets, extra)
+            self.run_stage("S0-seeds", self.pick(joining + groups[Direction.CONTROL]), datasets,
+                           extra)
 
         for direction in SEQUENCE:
             names = groups.get(direction, [])
