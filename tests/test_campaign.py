@@ -101,7 +101,10 @@ def test_the_campaign_applies_the_rules_between_stages(campaign):
     assert "gate A2 on synthetic: closed (A1 is ineffective on synthetic" in log
     assert "gate S3 on synthetic: closed (no A" in log
     stages = _stages(folder)
-    assert stages[:2] == ["A1-first", "B1-first"] and "S0" in stages and "B3-first" in stages
+    # the first experiments of A1, B1 and B3 depend on S0 alone: they shared one stage
+    assert "S0" in stages and "directions-first" in stages and "A1-first" not in stages
+    firsts = set(load_trials([folder / "directions-first"])["variant"])
+    assert firsts == {"a1_zero", "a1_zero_b", "b1_bilinear", "b3"}
     # the baseline gives the same numbers on every seed: it ran whole once, beside the
     # control's third seed
     s0_seeds = load_trials([folder / "S0-seeds"])
@@ -183,9 +186,9 @@ def test_a_report_on_the_campaign_folder_covers_its_stages_and_says_if_it_finish
     assert "Campaign tinyplan" in text and " finished at " in text and "NOT finished" not in text
     decisions = text[text.index("## Decisions of campaign tinyplan\n"):]
     assert "gate S3 on synthetic: closed" in decisions and "finished: every stage" in decisions
-    # the same campaign as it stood when B1 had just started: a report published half-way
+    # the same campaign as it stood when S0-seeds had just started: a report published half-way
     log = (folder / "campaign.log").read_text().splitlines()
-    cut = next(i for i, line in enumerate(log) if "B1-first: running" in line)
+    cut = next(i for i, line in enumerate(log) if "S0-seeds: running" in line)
     partial = tmp_path / "runs" / "tinyplan"
     partial.mkdir(parents=True)
     (partial / "campaign.log").write_text("\n".join(log[:cut + 1]) + "\n")
@@ -196,7 +199,7 @@ def test_a_report_on_the_campaign_folder_covers_its_stages_and_says_if_it_finish
     text = _report([str(partial)], tmp_path / "partial.md")
     assert "has NOT finished" in text and "Decisions of campaign tinyplan (not finished)" in text
     assert f"from {len(load_trials([partial / s for s in started]))} trial(s)" in text
-    assert started[-1] == "B1-first" and "| b3 " not in text  # B3 had not started
+    assert started[-1] == "S0-seeds" and "| b3 " not in text  # no direction had started
 
 
 def test_the_campaign_log_lists_each_stage_once_and_a_resume_reopens_it(tmp_path):
@@ -228,8 +231,8 @@ def test_the_campaign_log_lists_each_stage_once_and_a_resume_reopens_it(tmp_path
 
 
 def test_failed_and_nan_trials_are_listed_and_never_counted(campaign, tmp_path):
-    copy = tmp_path / "A1-first"  # four trials: two variants, two seeds
-    shutil.copytree(campaign["folder"] / "A1-first", copy)
+    copy = tmp_path / "directions-first"  # eight trials: four variants, two seeds
+    shutil.copytree(campaign["folder"] / "directions-first", copy)
     trial_dirs = sorted(d for d in copy.iterdir() if (d / "metrics.json").exists())
     nan_metrics = json.loads((trial_dirs[0] / "metrics.json").read_text())
     nan_metrics["mse"] = float("nan")
@@ -325,8 +328,9 @@ def test_gates_open_and_a_single_seed_gets_reproduced(tmp_path, cache_dir, embed
     # futility stopping is on by default: the directions' stages compare with S0's controls
     # (at the campaign's min_gain, so nothing stops here), S0 and reproductions run every window
     stages = {p.stem: load_space(p).stopping for p in (folder / "stages").glob("*.yaml")}
-    assert stages["A1-first"].enabled and stages["A1-first"].controls == [str(folder / "S0")]
-    assert stages["A1-first"].min_gain == -1.0
+    firsts = stages["directions-first"]
+    assert firsts.enabled and firsts.controls == [str(folder / "S0")] and firsts.min_gain == -1.0
+    assert stages["A2-first"].enabled  # gated: after A1, in a stage of its own
     assert not stages["S0"].enabled and not stages["S0-seeds"].enabled
     assert not stages["S0-online_base"].enabled
     assert not stages["A1-repro-synthetic"].enabled

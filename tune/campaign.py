@@ -9,6 +9,8 @@
     S1  A1: its first two variants (A1-base and the first beta), then the rest of the sweep
         unless those two made A1 ineffective; A2 on the datasets where A1 gained (plan 5.2)
     S2  B1, B3, B2 in that order, each the same way
+        The first experiments of A1, B1, B3 and B2 depend on S0 alone and share one stage
+        (``directions-first``); then each direction in turn: the rest, reproduction
     S3  the best A variant combined with the best B variant, per dataset, when both gained
 
 After each direction, a best variant that gained but "needs reproduction" is rerun with extra
@@ -49,6 +51,8 @@ log = logging.getLogger(__name__)
 
 #: Directions expanded stage by stage, in plan 5.2's order (A2 and S3 are gated).
 SEQUENCE = [d for d in Direction if d.family is not None]
+#: The stage of the first experiments of every direction no gate holds back.
+FIRSTS = "directions-first"
 
 
 class StageInterrupted(HmemError):
@@ -157,12 +161,17 @@ class Campaign:
     def pick(self, names: list[str]) -> dict[str, dict]:
         return {name: self.space.variants[name] for name in names}
 
-    def expand(self, direction: Direction, names: list[str], datasets: list[str]) -> None:
-        """The first experiments of a direction (as many as it takes to judge it ineffective),
-        then the rest on the datasets where it is not ineffective."""
-        run = self.options.rules.ineffective_run
-        self.run_stage(f"{direction}-first", self.pick(names[:run]), datasets)
-        rest = names[run:]
+    def first(self, names: list[str]) -> list[str]:
+        """A direction's first experiments: as many as it takes to judge it ineffective."""
+        return names[:self.options.rules.ineffective_run]
+
+    def expand(self, direction: Direction, names: list[str], datasets: list[str],
+               first_ran: bool = False) -> None:
+        """The first experiments of a direction (unless ``first_ran``: they ran in the shared
+        stage), then the rest on the datasets where it is not ineffective."""
+        if not first_ran:
+            self.run_stage(f"{direction}-first", self.pick(self.first(names)), datasets)
+        rest = names[len(self.first(names)):]
         if not rest or not datasets:
             return
         _, table = self.judge()
@@ -271,6 +280,12 @@ class Campaign:
             self.run_stage("S0-seeds", self.pick(joining + groups[Direction.CONTROL]), datasets,
                            extra)
 
+        # The first experiments of every direction that no gate holds back (A1, B1, B3, B2)
+        # depend on S0 alone: one stage runs them all, so that no worker idles while another
+        # direction's slowest trial (a Weather one) ends its stage.
+        ungated = [d for d in SEQUENCE if d is not Direction.A2 and groups.get(d)]
+        self.run_stage(FIRSTS, self.pick([n for d in ungated for n in self.first(groups[d])]),
+                       datasets)
         for direction in SEQUENCE:
             names = groups.get(direction, [])
             if not names:
@@ -285,7 +300,7 @@ class Campaign:
                                 f"({gate.reason})")
                     if gate.open:
                         active.append(dataset)
-            self.expand(direction, names, active)
+            self.expand(direction, names, active, first_ran=direction in ungated)
             self.reproduce(direction, controls)
 
         variants, _ = self.judge()
