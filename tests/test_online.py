@@ -27,7 +27,7 @@ def test_same_config_and_seed_give_identical_numbers(tiny, run_online):
 
 
 def test_a_run_that_trains_nothing_seeded_is_the_same_on_every_seed(tiny, run_online):
-    """The campaign runs such baselines on one seed only (TrialConfig.seed_matters)."""
+    """The campaign runs such baselines once per dataset (TrialConfig.seed_matters)."""
     online = {"chrc": {"enabled": False}, "backbone": {"online_lr_scale": 1.0}}
     assert not tiny(online).seed_matters and tiny().seed_matters
     assert tiny({"chrc": {"enabled": False}, "snma": {"enabled": True}}).seed_matters
