@@ -82,11 +82,6 @@ def read_campaign(folder: str | os.PathLike) -> CampaignLog | None:
     return CampaignLog(folder, name, space, tuple(decisions), tuple(stages), finished)
 
 
-def campaign_of(experiment: str | os.PathLike) -> CampaignLog | None:
-    """The campaign an experiment folder is a stage of, if it is one."""
-    return read_campaign(Path(experiment).parent) if "://" not in str(experiment) else None
-
-
 def expand(experiments: Iterable[str | os.PathLike]) -> list[str]:
     """Experiment folders, with each campaign folder replaced by its stages in the order they
     ran (each folder once)."""
@@ -99,10 +94,13 @@ def expand(experiments: Iterable[str | os.PathLike]) -> list[str]:
 
 
 def campaigns(experiments: Iterable[str | os.PathLike]) -> list[CampaignLog]:
-    """The campaigns the experiment folders are stages of, each once, in order of appearance."""
-    seen: dict[Path, CampaignLog] = {}
+    """The campaigns the experiment folders are stages of, each once, in order of appearance;
+    each campaign's log is read once, however many of its stages are given."""
+    read: dict[Path, CampaignLog | None] = {}
     for location in experiments:
-        campaign = campaign_of(location)
-        if campaign is not None and campaign.folder not in seen:
-            seen[campaign.folder] = campaign
-    return list(seen.values())
+        if "://" in str(location):
+            continue
+        folder = Path(location).parent
+        if folder not in read:
+            read[folder] = read_campaign(folder)
+    return [campaign for campaign in read.values() if campaign is not None]

@@ -145,10 +145,12 @@ def build(experiments: Sequence[str | os.PathLike] | str | os.PathLike,
                             "stage yet")
     trials = load_trials(experiments)
     variants = variant_table(trials, rules)
+    logs = campaigns([*experiments, *tuning])  # each campaign.log read once
     return Analysis(experiments, trials, variants, verdicts(variants, rules), rules,
                     grid_cells(space) if space is not None else None,
                     load_trials(tuning) if tuning else None,
-                    commands(experiments, tuning, command), campaigns(experiments))
+                    commands(experiments, tuning, command, logs),
+                    [log for log in logs if log.folder in {Path(e).parent for e in experiments}])
 
 
 def _cell(column: str, value):

@@ -13,7 +13,7 @@ import shlex
 from collections.abc import Sequence
 from pathlib import Path
 
-from analysis.campaign_log import campaign_of
+from analysis.campaign_log import CampaignLog, campaigns
 from analysis.loading import flatten, read_launch_record
 from hmem.errors import HmemError
 from hmem.records import LaunchRecord
@@ -45,11 +45,16 @@ def _selection(record: LaunchRecord, space_file: str) -> str:
 
 
 def commands(experiments: Sequence[str], tuning: Sequence[str] = (),
-             report: str | None = None) -> list[str]:
-    """Shell commands, in order: launch every experiment (a campaign once), then the report."""
+             report: str | None = None,
+             logs: Sequence[CampaignLog] | None = None) -> list[str]:
+    """Shell commands, in order: launch every experiment (a campaign once), then the report.
+    ``logs``: the campaigns the folders are stages of, when the caller has read them already."""
+    locations = [*tuning, *experiments]
+    by_folder = {log.folder: log for log in
+                 (campaigns(locations) if logs is None else logs)}
     lines: list[str] = []
-    for location in [*tuning, *experiments]:
-        campaign = campaign_of(location)
+    for location in locations:
+        campaign = by_folder.get(Path(location).parent) if "://" not in str(location) else None
         if campaign is not None:
             name, space = campaign.name, _in_repository(campaign.space)
             line = f"hmem campaign {space}" + (f" --name {name}" if name != Path(space).stem
