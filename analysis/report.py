@@ -199,8 +199,9 @@ def _header(analysis: Analysis) -> tuple[str, list[str]]:
         "Inert: a direction whose mechanism did not measurably act ("
         + "; ".join(f"{d}: {a.describe()}" for d, a in rules.acted.items())
         + ") gets no verdict on its idea, never counts towards 'ineffective' and closes no gate.",
-        "Beyond the plan: the gain over the best CHRC-free baseline (chosen on validation) on the "
-        "same stream; the p-value of a batch-means t-test of equal per-window loss against the "
+        "Beyond the plan: the gain over the best CHRC-free baseline of the same backbone regime "
+        "(chosen on validation among the online learning rates for a learning backbone; the "
+        "frozen backbone for a frozen one) on the same stream; the p-value of a batch-means t-test of equal per-window loss against the "
         "control (8 contiguous blocks; each seed against the control of the same seed, combined "
         "as an intersection-union test), whose size was checked by simulation on overlapping and "
         "persistent loss differentials; and the control's seed-to-seed spread (3 seeds or more) "

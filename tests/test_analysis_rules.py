@@ -230,6 +230,31 @@ def test_the_best_baseline_is_chosen_on_validation_mse():
     assert row["gain_vs_baseline"] == pytest.approx((0.710 - 0.69) / 0.710)
 
 
+def test_the_best_baseline_comes_from_the_variants_own_backbone_regime():
+    # frozen has the best validation MSE of all (as on ETTm1), yet it is not a learning rate:
+    # the learning control is compared with the best online learning rate, the frozen control
+    # with the frozen backbone
+    trials = table(control(0, 0.70, val=0.334),
+                   trial("p2p7p8_frozen", "control", 0, 0.82, regime=FROZEN, val=0.333),
+                   trial("frozen", "baseline", 0, 0.83, regime=FROZEN, val=0.3316),
+                   trial("online_slow", "baseline", 0, 0.71, val=0.3344),
+                   trial("online", "baseline", 0, 0.703, val=0.3798),
+                   trial("b3", "B3", 0, 0.69), trial("b3_frozen", "B3", 0, 0.80, regime=FROZEN))
+    variants, verdict = judge(trials)
+    by_variant = variants.set_index("variant")
+    assert by_variant.loc["p2p7p8", "best_baseline"] == "online_slow"
+    assert by_variant.loc["b3", "gain_vs_baseline"] == pytest.approx((0.71 - 0.69) / 0.71)
+    assert by_variant.loc["p2p7p8_frozen", "best_baseline"] == "frozen"
+    assert by_variant.loc["b3_frozen", "gain_vs_baseline"] == pytest.approx((0.83 - 0.80) / 0.83)
+    controls = verdict[verdict["direction"] == "control"].set_index("best_variant")
+    assert controls.loc["p2p7p8_frozen", "verdict"].startswith("control: +1.20% vs the best "
+                                                               "CHRC-free baseline (frozen,")
+    # a regime with no CHRC-free run of its own has no baseline, rather than another regime's
+    alone = table(control(0, 0.70), trial("p2p7p8_frozen", "control", 0, 0.82, regime=FROZEN),
+                  trial("online_slow", "baseline", 0, 0.71))
+    assert judge(alone)[0].set_index("variant").loc["p2p7p8_frozen", "best_baseline"] == ""
+
+
 def test_a_gain_inside_the_controls_seed_spread_is_flagged():
     trials = table(control(0, 1.0), control(1, 1.1), control(2, 1.05),
                    trial("a1", "A1", 0, 0.97), trial("a1", "A1", 1, 1.06),

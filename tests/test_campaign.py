@@ -287,7 +287,9 @@ OPEN_SPACE = SPACE.replace("name: tinyplan", "name: opengates").replace(
     "seeds: [0, 1]", "seeds: [0]").replace(
     "  frozen: {chrc: {enabled: false}}\n",
     "  frozen: {chrc: {enabled: false}}\n"
-    "  online_base: {chrc: {enabled: false}, backbone: {online_lr_scale: 1.0}}\n")
+    "  online_base: {chrc: {enabled: false}, backbone: {online_lr_scale: 1.0}}\n"
+    "  online_slow: {chrc: {enabled: false}, backbone: {online_lr_scale: 0.3}}\n").replace(
+    "  p2p7p8: {}\n", "  p2p7p8: {}\n  p2p7p8_online: {backbone: {online_lr_scale: 1.0}}\n")
 
 
 def test_gates_open_and_a_single_seed_gets_reproduced(tmp_path, cache_dir, embedded_ray):
@@ -308,18 +310,30 @@ def test_gates_open_and_a_single_seed_gets_reproduced(tmp_path, cache_dir, embed
     assert "gate S3 on synthetic: open" in log
     assert "A1 on synthetic: a1_zero needs reproduction" in log
     trials = load_trials([folder / s for s in _stages(folder)])
-    # two baselines: each ran only to its validation MSE (S0-select), and only the one chosen
-    # on it (the frozen one has none: it does not learn) streamed the whole test
-    assert "baseline on synthetic: online_base chosen on validation MSE (online_base " in log
+    # a baseline per control's backbone regime: the two learning rates each ran only to their
+    # validation MSE (S0-select), and only the one chosen on it streamed the whole test; the
+    # frozen backbone, alone in its regime, needed no choice (nor a selection run)
     select = trials[trials["experiment"] == "S0-select"]
-    assert set(select["variant"]) == {"frozen", "online_base"} and not select["valid"].any()
-    s0 = trials[trials["experiment"].isin(["S0", "S0-online_base"])]
-    assert set(s0["variant"]) == {"online_base", "p2p7p8"} and s0["valid"].all()
-    assert "frozen" not in set(trials[trials["valid"]]["variant"])
+    assert set(select["variant"]) == {"online_base", "online_slow"} and not select["valid"].any()
+    chosen = select.set_index("variant")["warmup_mse"].idxmin()
+    other = ({"online_base", "online_slow"} - {chosen}).pop()
+    assert (f"baseline on synthetic (learning backbone): {chosen} chosen on validation MSE "
+            f"({chosen} ") in log
+    assert "baseline on synthetic (frozen backbone): frozen, the only CHRC-free variant" in log
+    s0 = trials[trials["experiment"].isin(["S0", f"S0-{chosen}", "S0-frozen"])]
+    assert set(s0["variant"]) == {chosen, "frozen", "p2p7p8", "p2p7p8_online"}
+    assert s0["valid"].all() and other not in set(trials[trials["valid"]]["variant"])
+    # each control is measured against the baseline of its own regime
+    from analysis.report import build
+    verdicts = build([folder / s for s in _stages(folder)]).verdicts
+    controls = verdicts[verdicts["direction"] == "control"].set_index("best_variant")
+    assert controls.loc["p2p7p8", "best_baseline"] == "frozen"
+    assert controls.loc["p2p7p8_online", "best_baseline"] == chosen
     # three control seeds for the noise floor: S0 ran seed 0, S0-seeds 1 and 2, so the
     # reproduction on seed 1 runs the variant alone
     s0_seeds = trials[trials["experiment"] == "S0-seeds"]
-    assert set(zip(s0_seeds["variant"], s0_seeds["seed"])) == {("p2p7p8", 1), ("p2p7p8", 2)}
+    assert set(zip(s0_seeds["variant"], s0_seeds["seed"])) == {
+        (control, seed) for control in ("p2p7p8", "p2p7p8_online") for seed in (1, 2)}
     repro = trials[trials["experiment"] == "A1-repro-synthetic"]
     assert set(zip(repro["variant"], repro["seed"])) == {("a1_zero", 1)}
     assert "a2" in set(trials["variant"])
@@ -332,7 +346,7 @@ def test_gates_open_and_a_single_seed_gets_reproduced(tmp_path, cache_dir, embed
     assert firsts.enabled and firsts.controls == [str(folder / "S0")] and firsts.min_gain == -1.0
     assert stages["A2-first"].enabled  # gated: after A1, in a stage of its own
     assert not stages["S0"].enabled and not stages["S0-seeds"].enabled
-    assert not stages["S0-online_base"].enabled
+    assert not stages[f"S0-{chosen}"].enabled and not stages["S0-frozen"].enabled
     assert not stages["A1-repro-synthetic"].enabled
     assert not trials["stopped"].any()
 

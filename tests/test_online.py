@@ -52,7 +52,7 @@ def test_baselines_share_the_stream(tiny, run_online, cache_dir):
     starts = data.segments["test"].window_starts(data.seq_len, data.horizon)[:160]
     expected = base.forecasts[starts[0] - base.first_start :][:160]
     assert torch.equal(frozen.forecasts, expected)
-    assert frozen.metrics["warmup_steps"] == 0 and frozen.metrics["trainable_parameters"] == 0
+    assert frozen.metrics["trainable_parameters"] == 0
 
     online, _ = run_online(tiny({"chrc": {"enabled": False}, "backbone": {"online_lr_scale": 1}}))
     chrc, _ = run_online(tiny())
@@ -99,14 +99,18 @@ def test_one_bucket_and_no_chrc_build_what_they_say(tiny, cache_dir):
     assert OnlineLearner(off, pretrained.model, data.n_vars, data.horizon).bank is None
 
 
-def test_non_finite_forecasts_stop_the_run_with_the_window(tiny, cache_dir):
-    cfg = tiny({"chrc": {"enabled": False}, "runtime": {"base_cache": False}})
+@pytest.mark.parametrize("warmup", [True, False])
+def test_non_finite_forecasts_stop_the_run_with_the_window(tiny, cache_dir, warmup):
+    cfg = tiny({"chrc": {"enabled": False}, "runtime": {"base_cache": False},
+                "online": {"warmup": warmup}})
     data = prepare(cfg.data)
     pretrained = load_or_pretrain(cfg, data, cache_dir)
     with torch.no_grad():
         pretrained.model.linear.bias[3] = float("nan")
-    with pytest.raises(NumericalError, match=r"test stream: the forecast of window 0 \(row \d+\) "
-                                              r"is not finite; \d+ windows are affected"):
+    stream = "validation" if warmup else "test"  # the first one to forecast
+    with pytest.raises(NumericalError, match=rf"{stream} stream: the forecast of window 0 "
+                                              r"\(row \d+\) is not finite; \d+ windows are "
+                                              "affected"):
         run_trial(cfg, data, pretrained)
 
 
@@ -236,10 +240,20 @@ def test_a_validation_only_run_never_reads_the_test_segment_and_reports_the_warm
     assert math.isnan(result.metrics["mse"]) and result.metrics["warmup_mse"] > 0
     with pytest.raises(ConfigError, match="online.warmup: true"):
         tiny({"online": {"test_stream": False, "warmup": False}})
-    # a model that does not learn has no warm-up: such a run ends at once, with no score at all
-    still = tiny({"online": {"test_stream": False}, "chrc": {"enabled": False}})
+    # a model that does not learn is scored on the warm-up too (a baseline is chosen on its
+    # validation MSE): from the cached forecasts in one pass, as running it window by window
+    # would, and still without reading the test segment
+    still = tiny({"online": {"test_stream": False}, "chrc": {"enabled": False},
+                  "data": {"max_val_windows": None}})
     done = OnlineRun(still, data, load_or_pretrain(still, data, cache_dir))
-    assert len(list(done.reports(10))) == 1 and done.result().metrics["warmup_mse"] is None
+    assert len(list(done.reports(10))) == 1 and done.series.clock <= val_end
+    cached = done.result().metrics
+    live_cfg = tiny({"online": {"test_stream": False}, "chrc": {"enabled": False},
+                     "data": {"max_val_windows": None}, "runtime": {"base_cache": False}})
+    live = OnlineRun(live_cfg, data, load_or_pretrain(live_cfg, data, cache_dir))
+    list(live.reports(10))
+    assert cached["warmup_steps"] == live.result().metrics["warmup_steps"] > 0
+    assert cached["warmup_mse"] == pytest.approx(live.result().metrics["warmup_mse"], rel=1e-5)
 
 
 def test_a_selection_run_streams_the_first_share_of_the_test_windows(tiny, run_online):

@@ -1,11 +1,13 @@
 """``hmem campaign SPACE.yaml``: the plan's stages in order, with its rules deciding in between.
 
-    S0  the controls; the strongest CHRC-free baseline, chosen on validation by selection
-        runs that stop where the choice is made (S0-select), then run whole; S0-seeds: the
-        controls on further seeds, so that every control has ``control_seeds`` (3 by default)
-        for the noise floor. A baseline gives the same numbers on every seed, so it runs once
-        per dataset: its selection runs on the first seed, its whole run beside the controls'
-        further seed in S0-seeds (or on the first seed, in a stage S0-BASELINE of its own)
+    S0  the controls; the strongest CHRC-free baseline of each control's backbone regime
+        (frozen, or learning online), chosen on validation by selection runs that stop where
+        the choice is made (S0-select) where the regime has several, then run whole;
+        S0-seeds: the controls on further seeds, so that every control has ``control_seeds``
+        (3 by default) for the noise floor. A baseline gives the same numbers on every seed, so
+        it runs once per dataset: its selection runs on the first seed, its whole run beside the
+        controls' further seed in S0-seeds (or on the first seed, in a stage S0-BASELINE of its
+        own)
     S1  A1: its first two variants (A1-base and the first beta), then the rest of the sweep
         unless those two made A1 ineffective; A2 on the datasets where A1 gained (plan 5.2)
     S2  B1, B3, B2 in that order, each the same way
@@ -207,37 +209,56 @@ class Campaign:
                            {**self.pick(control), **self.pick([best])}, [row.dataset], seeds,
                            futility=False)
 
-    def choose_baselines(self, names: list[str], datasets: list[str]) -> dict[str, str]:
-        """The strongest CHRC-free baseline per dataset, chosen as the rules choose it, from
-        selection runs that stop where the choice is made (stage ``S0-select``): the warm-up
+    def choose_baselines(self, names: list[str], datasets: list[str],
+                         regimes: set[bool]) -> dict[str, list[str]]:
+        """The strongest CHRC-free baseline per dataset and backbone regime (frozen, or learning
+        online: ``regimes`` holds those with a control), chosen as the rules choose it: a control
+        is compared only with baselines of its own regime (``analysis.rules._best_baseline``).
+
+        Where a regime has several candidates (the online learning rates), the choice comes from
+        selection runs that stop where it is made (stage ``S0-select``): the warm-up
         (validation) MSE where the dataset warms up (``online.test_stream: false``), else the
-        first ``selection_share`` of the test stream (``online.test_share``). Only the chosen
-        one then streams the whole test; the others are never a verdict's reference."""
-        if len(names) <= 1:
-            return {d: names[0] for d in datasets} if names else {}
+        first ``selection_share`` of the test stream (``online.test_share``); a regime with one
+        candidate (the frozen backbone) needs none. Only the chosen ones then stream the whole
+        test; the others are never a verdict's reference."""
+        kinds: dict[bool, list[str]] = {}
+        for name in names:
+            if (frozen := self._regime_of(name).frozen) in regimes:
+                kinds.setdefault(frozen, []).append(name)
+        contested = [name for group in kinds.values() if len(group) > 1 for name in group]
         share = self.options.rules.selection_share
-        warms = {d: self.space.trial_config(names[0], d).online.warmup for d in datasets}
-        layers = {d: {"online": {"test_stream": False} if warms[d] else {"test_share": share}}
-                  for d in datasets}
-        self.run_stage("S0-select", self.pick(names), datasets, self.seeds_for(names),
-                       futility=False, layers=layers)
-        runs = load_trials([self.stages[-1]])
-        runs = runs[runs["status"] == "TERMINATED"]
-        chosen = {}
-        for dataset in datasets:
-            rows = runs[runs["dataset"] == dataset]
-            score = (rows["warmup_mse"] if warms[dataset] else rows["mse"]
-                     ).groupby(rows["variant"]).mean()
-            score = score.dropna()
-            if score.empty:
-                raise AnalysisError(f"S0-select on {dataset}: no baseline has a validation MSE "
-                                    "to choose on (every one failed, or none learns online)")
-            chosen[dataset] = str(score.idxmin())
-            how = ("validation MSE" if warms[dataset]
-                   else f"MSE of the first {100 * share:g}% of test")
-            self.decide(f"baseline on {dataset}: {chosen[dataset]} chosen on {how} ("
-                        + ", ".join(f"{v} {m:.4f}" for v, m in score.sort_values().items())
-                        + "); only it runs the whole test stream")
+        warms = {d: self.space.trial_config(names[0], d).online.warmup for d in datasets
+                 } if names else {}
+        runs = pd.DataFrame()
+        if contested:
+            layers = {d: {"online": {"test_stream": False} if warms[d] else {"test_share": share}}
+                      for d in datasets}
+            self.run_stage("S0-select", self.pick(contested), datasets,
+                           self.seeds_for(contested), futility=False, layers=layers)
+            runs = load_trials([self.stages[-1]])
+            runs = runs[runs["status"] == "TERMINATED"]
+        chosen: dict[str, list[str]] = {d: [] for d in datasets}
+        for frozen, group in kinds.items():
+            regime = "frozen backbone" if frozen else "learning backbone"
+            for dataset in datasets:
+                if len(group) == 1:
+                    chosen[dataset].append(group[0])
+                    self.decide(f"baseline on {dataset} ({regime}): {group[0]}, the only "
+                                "CHRC-free variant of that regime; it runs the whole test stream")
+                    continue
+                rows = runs[(runs["dataset"] == dataset) & runs["variant"].isin(group)]
+                score = (rows["warmup_mse"] if warms[dataset] else rows["mse"]
+                         ).groupby(rows["variant"]).mean().dropna()
+                if score.empty:
+                    raise AnalysisError(f"S0-select on {dataset}: no baseline of the {regime} "
+                                        "has a validation MSE to choose on (every one failed)")
+                best = str(score.idxmin())
+                chosen[dataset].append(best)
+                how = ("validation MSE" if warms[dataset]
+                       else f"MSE of the first {100 * share:g}% of test")
+                self.decide(f"baseline on {dataset} ({regime}): {best} chosen on {how} ("
+                            + ", ".join(f"{v} {m:.4f}" for v, m in score.sort_values().items())
+                            + "); only it runs the whole test stream")
         return chosen
 
     def seeds_for(self, names: list[str]) -> list[int] | None:
@@ -261,20 +282,22 @@ class Campaign:
         if not controls:
             raise ConfigError(f"{self.space.source}: a campaign needs a control variant (CHRC "
                               "on, no direction switched on), e.g. p2p7p8")
-        chosen = self.choose_baselines(groups.get(Direction.BASELINE, []), datasets)
+        chosen = self.choose_baselines(groups.get(Direction.BASELINE, []), datasets,
+                                       {regime.frozen for regime in controls})
         self.run_stage("S0", self.pick(groups[Direction.CONTROL]), datasets)
         extra = sorted(set(range(self.options.control_seeds)) - set(self.space.seeds))
         # A baseline whose numbers do not depend on the seed needs one run per dataset, on any
         # seed: where it was chosen on every dataset and the controls need exactly one further
         # seed, it runs on that seed beside them (one stage keeps every worker busy: the whole
         # Weather stream takes the better part of an hour); otherwise on the first seed alone.
-        joining = [b for b in dict.fromkeys(chosen.values())
+        baselines = list(dict.fromkeys(b for d in datasets for b in chosen[d]))
+        joining = [b for b in baselines
                    if len(extra) == 1 and self.seeds_for([b]) is not None
-                   and all(chosen[d] == b for d in datasets)]
-        for baseline in dict.fromkeys(chosen.values()):
+                   and all(b in chosen[d] for d in datasets)]
+        for baseline in baselines:
             if baseline not in joining:  # on the datasets that chose it
                 self.run_stage(f"S0-{baseline}", self.pick([baseline]),
-                               [d for d in datasets if chosen[d] == baseline],
+                               [d for d in datasets if baseline in chosen[d]],
                                self.seeds_for([baseline]))
         if extra:  # the noise floor needs that many control seeds
             self.run_stage("S0-seeds", self.pick(joining + groups[Direction.CONTROL]), datasets,

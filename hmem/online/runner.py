@@ -223,7 +223,9 @@ class OnlineRun:
         self.scores = {
             name: _Scores(starts, H, data.n_vars, device) for name, starts in self.streams.items()
         }
-        warms = self.learner.trainable and cfg.online.warmup
+        # A run that learns nothing still scores the warm-up (from the cached forecasts in one
+        # vectorised pass): its validation MSE is what a baseline is chosen on
+        warms = cfg.online.warmup
         self.phase = Phase.WARMUP if warms else Phase.TEST
         self.warmed_up = warms
         self.position = 0  # next window of the current phase
@@ -273,8 +275,8 @@ class OnlineRun:
         """Process up to ``max_windows`` more windows (all that remain when ``None``)."""
         budget = math.inf if max_windows is None else max_windows
         while not self.done and budget > 0:
-            if self.phase is Phase.TEST and not self.learner.trainable and self.base is not None:
-                self._take_cached_forecasts()
+            if not self.learner.trainable and self.base is not None:
+                self._take_cached_forecasts()  # the whole phase at once
                 break
             starts = self.streams[self.phase.value]
             chunk = min(len(starts) - self.position, budget)
@@ -302,23 +304,29 @@ class OnlineRun:
         scores.check_finite("validation" if phase is Phase.WARMUP else "test")
 
     def _take_cached_forecasts(self) -> None:
-        """Nothing learns: every forecast is the cached one, scored in one vectorised pass."""
-        starts, scores = self.streams["test"], self.scores["test"]
-        if not starts:  # no test stream (a validation-only run of a frozen model)
+        """Nothing learns: every forecast of the current phase is the cached one, scored in one
+        vectorised pass; the phase then ends."""
+        phase = self.phase
+        starts, scores = self.streams[phase.value], self.scores[phase.value]
+        if starts:  # none in a validation-only run's test phase
+            self.series.reveal_until(starts[-1] + self.series.seq_len + self.series.horizon)
+            first = starts[0] - self.base.first_start
+            forecasts = self.base.forecasts[first : first + len(starts)]
+            errors = forecasts - self.series.targets(starts)
+            scores.mse.copy_(errors.pow(2).mean(dim=(1, 2)))
+            scores.mae.copy_(errors.abs().mean(dim=(1, 2)))
+            scores.scored = len(starts)
+            scores.check_finite("validation" if phase is Phase.WARMUP else "test")
+            if phase is Phase.TEST and self.forecasts is not None:
+                self.forecasts.copy_(forecasts)
+        if phase is Phase.WARMUP:
+            log.info("warm-up: %d validation windows scored from the cached forecasts",
+                     len(starts))
+            self.learner.start_test()
+            self.phase, self.position = Phase.TEST, 0
+        else:
+            self.position = len(starts)
             self.phase = Phase.DONE
-            return
-        self.series.reveal_until(starts[-1] + self.series.seq_len + self.series.horizon)
-        first = starts[0] - self.base.first_start
-        forecasts = self.base.forecasts[first : first + len(starts)]
-        errors = forecasts - self.series.targets(starts)
-        scores.mse.copy_(errors.pow(2).mean(dim=(1, 2)))
-        scores.mae.copy_(errors.abs().mean(dim=(1, 2)))
-        scores.scored = len(starts)
-        scores.check_finite("test")
-        if self.forecasts is not None:
-            self.forecasts.copy_(forecasts)
-        self.position = len(starts)
-        self.phase = Phase.DONE
 
     def _end_phase(self) -> None:
         if self.phase is Phase.WARMUP:
