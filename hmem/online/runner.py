@@ -272,12 +272,13 @@ class OnlineRun:
         return self.scores["test"].mse[begin : self.scores["test"].scored]
 
     def advance(self, max_windows: int | None = None) -> None:
-        """Process up to ``max_windows`` more windows (all that remain when ``None``)."""
+        """Process up to ``max_windows`` more windows (all that remain when ``None``); a run
+        that learns nothing takes a whole phase at once, from the cached forecasts."""
         budget = math.inf if max_windows is None else max_windows
         while not self.done and budget > 0:
             if not self.learner.trainable and self.base is not None:
-                self._take_cached_forecasts()  # the whole phase at once
-                break
+                budget -= self._take_cached_forecasts()  # the whole phase at once
+                continue
             starts = self.streams[self.phase.value]
             chunk = min(len(starts) - self.position, budget)
             self._stream(self.phase, self.position, self.position + int(chunk))
@@ -303,9 +304,9 @@ class OnlineRun:
         self.position = stop
         scores.check_finite("validation" if phase is Phase.WARMUP else "test")
 
-    def _take_cached_forecasts(self) -> None:
+    def _take_cached_forecasts(self) -> int:
         """Nothing learns: every forecast of the current phase is the cached one, scored in one
-        vectorised pass; the phase then ends."""
+        vectorised pass; the phase then ends. Returns how many windows it scored."""
         phase = self.phase
         starts, scores = self.streams[phase.value], self.scores[phase.value]
         if starts:  # none in a validation-only run's test phase
@@ -327,6 +328,7 @@ class OnlineRun:
         else:
             self.position = len(starts)
             self.phase = Phase.DONE
+        return len(starts)
 
     def _end_phase(self) -> None:
         if self.phase is Phase.WARMUP:
