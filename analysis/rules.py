@@ -459,7 +459,9 @@ def verdicts(variants: pd.DataFrame, rules: Rules = Rules()) -> pd.DataFrame:
                 notes.append(f"tie on validation with {', '.join(ties['variant'].iloc[1:])}")
         if len(judged) < len(group):
             notes.append("unpaired: " + ", ".join(group.loc[group["gain"].isna(), "variant"]))
-        if best["reproduction_note"] and direction != Direction.CONTROL:  # not vs itself
+        # a reproduction is moot for the control (not against itself) and for a best variant
+        # stopped for futility (its gains cover part of the stream, and it gained too little)
+        if best["reproduction_note"] and direction != Direction.CONTROL and not best["stopped"]:
             notes.append(best["reproduction_note"])
         if 0 < best["control_seeds"] < MIN_NOISE_SEEDS:
             notes.append(f"noise floor unknown: {int(best['control_seeds'])} control seed(s), "
@@ -524,7 +526,10 @@ def _verdict_text(row: dict, rules: Rules, direction: str) -> str:
         parts.append(f"needs reproduction ({row['reproductions']} reproduction seeds beat the "
                      f"control by >= {pct:g}%)")
     elif row.get("stopped"):
-        parts.append(f"ineffective ({row['stopped']})")
+        if row["ineffective"] and not row["inert"]:  # one clause: the pair, then where it stopped
+            parts[-1] = f"{parts[-1][:-1]}; {row['stopped']})"
+        else:
+            parts.append(f"ineffective ({row['stopped']})")
     elif row["gain"] < 0 and row["p_value"] < rules.significance:
         parts.append(f"worse than the control ({100 * row['gain']:+.2f}%, "
                      f"p = {row['p_value']:.2g})")

@@ -429,8 +429,15 @@ def test_a_run_stopped_for_futility_counts_as_its_gain_below_the_threshold():
     a1 = verdict.set_index("direction").loc["A1"]
     assert a1["ineffective"] and a1["ineffective_pair"] == "a1_base -> a1_beta0.2"
     assert a1["best_variant"] == "a1_base"  # chosen on validation, stopped or not
-    assert "ineffective (seed 0 stopped at 100 of 400 windows" in a1["verdict"]
+    assert a1["verdict"].startswith("ineffective (a1_base -> a1_beta0.2 each gain < 0.5%; "
+                                    "seed 0 stopped at 100 of 400 windows")
+    assert a1["verdict"].count("ineffective") == 1
     assert not a1["reproduced"] and not a1["success"]
+    assert "reproduction" not in a1["notes"]  # moot for a variant stopped for futility
+    # alone (its direction not judged yet), a stopped variant is still called ineffective
+    first = judge(table(control(0, 1.0), stopped("a1_base", "A1", 0, -0.001)))[1]
+    assert first.set_index("direction").loc["A1", "verdict"].startswith(
+        "ineffective (stopped at 100 of 400 windows")
 
 
 # ----------------------------------------------------------------------------- figures
