@@ -146,11 +146,12 @@ def build(experiments: Sequence[str | os.PathLike] | str | os.PathLike,
     trials = load_trials(experiments)
     variants = variant_table(trials, rules)
     logs = campaigns([*experiments, *tuning])  # each campaign.log read once
+    staged = {Path(e).parent for e in experiments}
     return Analysis(experiments, trials, variants, verdicts(variants, rules), rules,
                     grid_cells(space) if space is not None else None,
                     load_trials(tuning) if tuning else None,
                     commands(experiments, tuning, command, logs),
-                    [log for log in logs if log.folder in {Path(e).parent for e in experiments}])
+                    [log for log in logs if log.folder in staged])
 
 
 def _cell(column: str, value):
@@ -201,11 +202,11 @@ def _header(analysis: Analysis) -> tuple[str, list[str]]:
         + ") gets no verdict on its idea, never counts towards 'ineffective' and closes no gate.",
         "Beyond the plan: the gain over the best CHRC-free baseline of the same backbone regime "
         "(chosen on validation among the online learning rates for a learning backbone; the "
-        "frozen backbone for a frozen one) on the same stream; the p-value of a batch-means t-test of equal per-window loss against the "
-        "control (8 contiguous blocks; each seed against the control of the same seed, combined "
-        "as an intersection-union test), whose size was checked by simulation on overlapping and "
-        "persistent loss differentials; and the control's seed-to-seed spread (3 seeds or more) "
-        "as the noise floor.",
+        "frozen backbone for a frozen one) on the same stream; the p-value of a batch-means "
+        "t-test of equal per-window loss against the control (8 contiguous blocks; each seed "
+        "against the control of the same seed, combined as an intersection-union test), whose "
+        "size was checked by simulation on overlapping and persistent loss differentials; and "
+        "the control's seed-to-seed spread (3 seeds or more) as the noise floor.",
     ]
     return "H-Mem 2.1 ablation report", [c.status() for c in analysis.campaigns] + lines
 

@@ -320,14 +320,8 @@ class OnlineRun:
             scores.check_finite("validation" if phase is Phase.WARMUP else "test")
             if phase is Phase.TEST and self.forecasts is not None:
                 self.forecasts.copy_(forecasts)
-        if phase is Phase.WARMUP:
-            log.info("warm-up: %d validation windows scored from the cached forecasts",
-                     len(starts))
-            self.learner.start_test()
-            self.phase, self.position = Phase.TEST, 0
-        else:
-            self.position = len(starts)
-            self.phase = Phase.DONE
+        self.position = len(starts)
+        self._end_phase()
         return len(starts)
 
     def _end_phase(self) -> None:
