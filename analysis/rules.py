@@ -321,6 +321,7 @@ def variant_table(trials: pd.DataFrame, rules: Rules = Rules(),
             "success": success(dataset, repro, rules),
             "pair_note": "; ".join(sorted({n for n in group["pair_note"] if n})),
             "best_baseline": best_base[0], "baseline_mse": best_base[1],
+            "baseline_candidates": best_base[2],
             "gain_vs_baseline": (best_base[1] - mean_mse) / best_base[1]
             if not math.isnan(best_base[1]) else math.nan,
             "control_seeds": len(control_seeds),
@@ -367,9 +368,10 @@ def _acted(direction: str, group: pd.DataFrame, rules: Rules) -> dict:
 
 
 def _best_baseline(baselines: pd.DataFrame, dataset: str, keys: pd.Series,
-                   frozen: bool) -> tuple[str, float]:
+                   frozen: bool) -> tuple[str, float, int]:
     """The CHRC-free variant of the same backbone regime (frozen, or learning online) with the
-    lowest validation (selection) MSE, and its reported MSE.
+    lowest validation (selection) MSE, its reported MSE, and how many it was chosen among (one:
+    nothing was chosen, which the verdict then says).
 
     The regimes are not candidates for each other: the validation month right after pretraining
     favours a backbone that does not learn (on ETTm1 the frozen one has the lowest validation
@@ -381,9 +383,9 @@ def _best_baseline(baselines: pd.DataFrame, dataset: str, keys: pd.Series,
     means = same.groupby("variant", sort=False)[["select_mse", "mse"]].mean()
     means = means[means["select_mse"].notna()]
     if means.empty:
-        return "", math.nan
+        return "", math.nan, 0
     best = means["select_mse"].idxmin()
-    return str(best), float(means.loc[best, "mse"])
+    return str(best), float(means.loc[best, "mse"]), len(means)
 
 
 def _significance(group: pd.DataFrame, controls: pd.DataFrame, curves: CurveLoader,
@@ -473,6 +475,7 @@ def verdicts(variants: pd.DataFrame, rules: Rules = Rules()) -> pd.DataFrame:
             "gain": float(best["gain"]), "seed_gains": best["seed_gains"],
             "reproduced": bool(best["reproduced"]), "reproductions": best["reproductions"],
             "best_baseline": best["best_baseline"],
+            "baseline_candidates": int(best["baseline_candidates"]),
             "gain_vs_baseline": float(best["gain_vs_baseline"]),
             "noise_floor": float(best["noise_floor"]), "below_noise": best["below_noise"],
             "p_value": float(best["p_value"]), "success": best["success"],
@@ -509,8 +512,13 @@ def _verdict_text(row: dict, rules: Rules, direction: str) -> str:
         base = row["gain_vs_baseline"]
         if math.isnan(base):
             return "control (no CHRC-free baseline to compare with)"
+        if row["baseline_candidates"] == 1:
+            how = "the only one of its backbone regime"
+        else:
+            how = (f"chosen among {row['baseline_candidates']} of its backbone regime on "
+                   f"{_selection_words(row['selected_on'])}")
         return (f"control: {100 * base:+.2f}% vs the best CHRC-free baseline "
-                f"({row['best_baseline']}, chosen on {_selection_words(row['selected_on'])})")
+                f"({row['best_baseline']}, {how})")
     parts = []
     if row["inert"]:
         parts.append(f"inert: its mechanism did not act ({row['acted_rule']} not met, got "

@@ -185,11 +185,13 @@ def test_without_warm_up_selection_uses_the_first_part_of_the_stream_and_reports
     assert row["best_variant"] == "b1_a" and row["mse"] == pytest.approx(1.2)  # the rest only
     assert variants.set_index("variant").loc["b1_a", "gain"] == pytest.approx(-0.2)
     # the control's baseline was chosen the same way, and its verdict says so
-    baseline = [trial("online_slow", "baseline", 0, 1.1, dataset="Weather", warmup=False)]
+    baseline = [trial("online_slow", "baseline", 0, 1.1, dataset="Weather", warmup=False),
+                trial("online", "baseline", 0, 1.05, dataset="Weather", warmup=False)]
     curves["online_slow-Weather-0"] = np.full(n, 1.1)
+    curves["online-Weather-0"] = np.r_[np.full(200, 1.3), np.full(800, 1.0)]
     _, verdict = judge(table(*rows, *baseline), curves=lambda path, exp: curves[path])
     assert verdict.set_index("direction").loc["control", "verdict"].endswith(
-        "(online_slow, chosen on the first 20% of test)")
+        "(online_slow, chosen among 2 of its backbone regime on the first 20% of test)")
 
 
 def test_ties_are_reported_and_the_first_declared_variant_wins():
@@ -210,8 +212,8 @@ def test_every_verdict_shows_the_strongest_simple_baseline():
     assert rows.loc["A1", "best_baseline"] == "online_slow"
     assert rows.loc["A1", "gain_vs_baseline"] == pytest.approx((0.717 - 0.70) / 0.717)
     assert rows.loc["control", "verdict"] == (
-        "control: +0.70% vs the best CHRC-free baseline (online_slow, chosen on validation "
-        "(warm-up))")
+        "control: +0.70% vs the best CHRC-free baseline (online_slow, chosen among 2 of its "
+        "backbone regime on validation (warm-up))")
     assert "reproduction" not in rows.loc["control", "notes"]  # never reproduced against itself
     # gains 0.8 % over a weaker control, but only 0.4 % over plain slow fine-tuning
     weak = table(control(0, 0.72), control(1, 0.72), *trials.to_dict("records")[2:6],
@@ -247,8 +249,10 @@ def test_the_best_baseline_comes_from_the_variants_own_backbone_regime():
     assert by_variant.loc["p2p7p8_frozen", "best_baseline"] == "frozen"
     assert by_variant.loc["b3_frozen", "gain_vs_baseline"] == pytest.approx((0.83 - 0.80) / 0.83)
     controls = verdict[verdict["direction"] == "control"].set_index("best_variant")
-    assert controls.loc["p2p7p8_frozen", "verdict"].startswith("control: +1.20% vs the best "
-                                                               "CHRC-free baseline (frozen,")
+    # nothing was chosen for the frozen regime, and its verdict does not claim otherwise
+    assert controls.loc["p2p7p8_frozen", "verdict"] == (
+        "control: +1.20% vs the best CHRC-free baseline (frozen, the only one of its backbone "
+        "regime)")
     # a regime with no CHRC-free run of its own has no baseline, rather than another regime's
     alone = table(control(0, 0.70), trial("p2p7p8_frozen", "control", 0, 0.82, regime=FROZEN),
                   trial("online_slow", "baseline", 0, 0.71))
