@@ -534,7 +534,9 @@ def _verdict_text(row: dict, rules: Rules, direction: str) -> str:
         parts.append(f"needs reproduction ({row['reproductions']} reproduction seeds beat the "
                      f"control by >= {pct:g}%)")
     elif row.get("stopped"):
-        if row["ineffective"] and not row["inert"]:  # one clause: the pair, then where it stopped
+        if row["inert"]:  # the form that ran was futile; the idea itself got no verdict
+            parts.append(f"futile as run ({row['stopped']})")
+        elif row["ineffective"]:  # one clause: the pair, then where it stopped
             parts[-1] = f"{parts[-1][:-1]}; {row['stopped']})"
         else:
             parts.append(f"ineffective ({row['stopped']})")

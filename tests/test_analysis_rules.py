@@ -442,6 +442,13 @@ def test_a_run_stopped_for_futility_counts_as_its_gain_below_the_threshold():
     first = judge(table(control(0, 1.0), stopped("a1_base", "A1", 0, -0.001)))[1]
     assert first.set_index("direction").loc["A1", "verdict"].startswith(
         "ineffective (stopped at 100 of 400 windows")
+    # a stopped run whose mechanism did not act is futile as run, not a verdict on the idea
+    inert = judge(table(control(0, 1.0), stopped("b1_mlp", "B1", 0, -0.007,
+                                                 b1_neighbours_changed=0.02)))[1]
+    text = inert.set_index("direction").loc["B1", "verdict"]
+    assert text.startswith("inert: its mechanism did not act")
+    assert "futile as run (stopped at 100 of 400 windows, gain -0.70%" in text
+    assert "ineffective" not in text
 
 
 # ----------------------------------------------------------------------------- figures
