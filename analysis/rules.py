@@ -285,6 +285,7 @@ def variant_table(trials: pd.DataFrame, rules: Rules = Rules(),
     scored = score_trials(trials, rules, curves)
     runs = paired_gains(scored)
     baselines = scored[scored["direction"] == Direction.BASELINE]
+    selections = selection_runs(trials, rules)
     rows = []
     for (direction, variant, dataset), group in runs.groupby(
             ["direction", "variant", "dataset"], sort=False):
@@ -296,7 +297,7 @@ def variant_table(trials: pd.DataFrame, rules: Rules = Rules(),
                           & (scored["backbone_online_lr"] == group["backbone_online_lr"].iloc[0])
                           & scored["backbone_key"].isin(group["backbone_key"])]
         control_seeds = controls.drop_duplicates("seed")
-        best_base = _best_baseline(baselines, dataset, group["backbone_key"],
+        best_base = _best_baseline(baselines, selections, dataset, group["backbone_key"],
                                    bool(group["backbone_frozen"].iloc[0]))
         mean_mse = float(group["mse"].mean())
         selection = group.iloc[: rules.selection_seeds]
@@ -367,25 +368,50 @@ def _acted(direction: str, group: pd.DataFrame, rules: Rules) -> dict:
     return {"acted": value, "acted_rule": rule.describe(), "inert": holds is False}
 
 
-def _best_baseline(baselines: pd.DataFrame, dataset: str, keys: pd.Series,
-                   frozen: bool) -> tuple[str, float, int]:
+def selection_runs(trials: pd.DataFrame, rules: Rules = Rules()) -> pd.DataFrame:
+    """Baseline runs that streamed only what a choice needs (a campaign's S0-select: the warm-up,
+    or the first ``selection_share`` of the test stream), with their ``select_mse``.
+
+    They hold no result, so they never reach a verdict's figures; they are the candidates the
+    baseline was chosen among, and a verdict that names the choice must count them."""
+    if "cfg.online.test_stream" not in trials:
+        return trials.iloc[:0].assign(select_mse=pd.Series(dtype=float))
+    share = trials.get("cfg.online.test_share", pd.Series(1.0, index=trials.index))
+    part = (trials["status"] == "TERMINATED") & (trials["direction"] == Direction.BASELINE) & (
+        (trials["cfg.online.test_stream"] == False) | (share < 1))  # noqa: E712 (a column)
+    runs = trials[part].copy()
+    warms = runs["cfg.online.warmup"].fillna(True).astype(bool)
+    # a warm-up chooses on validation; otherwise the run streamed the selection share itself
+    same_share = (share[part] - rules.selection_share).abs() < 1e-9
+    runs["select_mse"] = runs["warmup_mse"].where(warms, runs["mse"].where(same_share))
+    return runs[runs["select_mse"].notna()]
+
+
+def _best_baseline(baselines: pd.DataFrame, selections: pd.DataFrame, dataset: str,
+                   keys: pd.Series, frozen: bool) -> tuple[str, float, int]:
     """The CHRC-free variant of the same backbone regime (frozen, or learning online) with the
-    lowest validation (selection) MSE, its reported MSE, and how many it was chosen among (one:
-    nothing was chosen, which the verdict then says).
+    lowest validation (selection) MSE, its reported MSE (NaN when it never ran whole), and how
+    many it was chosen among: the whole runs and the selection-only runs (one: nothing was
+    chosen, which the verdict then says).
 
     The regimes are not candidates for each other: the validation month right after pretraining
     favours a backbone that does not learn (on ETTm1 the frozen one has the lowest validation
     MSE of all, 0.3316, and a test MSE 20 % above slow fine-tuning's), so one choice across
     regimes would pit the learning control against its weakest baseline. Within a regime the
     choice is the online learning rate, which validation does inform."""
-    same = baselines[(baselines["dataset"] == dataset) & baselines["backbone_key"].isin(keys)
-                     & (baselines["backbone_frozen"] == frozen)]
-    means = same.groupby("variant", sort=False)[["select_mse", "mse"]].mean()
-    means = means[means["select_mse"].notna()]
-    if means.empty:
+    def same(frame: pd.DataFrame) -> pd.DataFrame:
+        return frame[(frame["dataset"] == dataset) & frame["backbone_key"].isin(keys)
+                     & (frame["backbone_frozen"] == frozen)]
+
+    whole = same(baselines).groupby("variant", sort=False)[["select_mse", "mse"]].mean()
+    whole = whole[whole["select_mse"].notna()]
+    chosen_on = same(selections).groupby("variant", sort=False)["select_mse"].mean()
+    candidates = pd.concat([whole["select_mse"], chosen_on[~chosen_on.index.isin(whole.index)]])
+    if candidates.empty:
         return "", math.nan, 0
-    best = means["select_mse"].idxmin()
-    return str(best), float(means.loc[best, "mse"]), len(means)
+    best = candidates.idxmin()
+    mse = float(whole.loc[best, "mse"]) if best in whole.index else math.nan
+    return str(best), mse, len(candidates)
 
 
 def _significance(group: pd.DataFrame, controls: pd.DataFrame, curves: CurveLoader,
@@ -510,6 +536,10 @@ def _verdict_text(row: dict, rules: Rules, direction: str) -> str:
     pct = rules.min_gain * 100
     if direction == Direction.CONTROL:
         base = row["gain_vs_baseline"]
+        if math.isnan(base) and row["best_baseline"]:
+            return (f"control (the best CHRC-free baseline of its regime on "
+                    f"{_selection_words(row['selected_on'])}, {row['best_baseline']}, has no "
+                    "whole run to compare with)")
         if math.isnan(base):
             return "control (no CHRC-free baseline to compare with)"
         if row["baseline_candidates"] == 1:

@@ -232,6 +232,35 @@ def test_the_best_baseline_is_chosen_on_validation_mse():
     assert row["gain_vs_baseline"] == pytest.approx((0.710 - 0.69) / 0.710)
 
 
+def selection_only(variant, seed, val, regime=ONLINE, **kw):
+    """A baseline run that streamed the warm-up only (a campaign's S0-select): no result."""
+    row = trial(variant, "baseline", seed, math.nan, regime=regime, val=val, **kw)
+    row.update({"valid": False, "note": "validation only", "cfg.online.test_stream": False,
+                "cfg.online.test_share": 1.0})
+    return row
+
+
+def test_the_baseline_is_chosen_among_the_selection_runs_too():
+    # S0-select ran four learning rates on the warm-up only; the best of them ran whole
+    whole = [trial("online_slow", "baseline", 0, 0.71, val=0.3344,
+                   **{"cfg.online.test_stream": True, "cfg.online.test_share": 1.0})]
+    picks = [selection_only("online_slow", 0, 0.3344), selection_only("online", 0, 0.3798),
+             selection_only("online_lr3e-5", 0, 0.4637),
+             selection_only("frozen", 0, 0.3316, regime=FROZEN)]  # not a learning rate
+    trials = table(control(0, 0.70, val=0.334), *whole, *picks)
+    rows = judge(trials)[1].set_index("best_variant")
+    assert rows.loc["p2p7p8", "best_baseline"] == "online_slow"
+    assert rows.loc["p2p7p8", "verdict"] == (
+        "control: +1.41% vs the best CHRC-free baseline (online_slow, chosen among 3 of its "
+        "backbone regime on validation (warm-up))")
+    # the best on validation never ran whole: named, and no gain is made up against another
+    picks[1]["warmup_mse"] = 0.330
+    row = judge(table(control(0, 0.70, val=0.334), *whole, *picks))[1].set_index(
+        "best_variant").loc["p2p7p8"]
+    assert row["best_baseline"] == "online" and math.isnan(row["gain_vs_baseline"])
+    assert "online, has no whole run to compare with" in row["verdict"]
+
+
 def test_the_best_baseline_comes_from_the_variants_own_backbone_regime():
     # frozen has the best validation MSE of all (as on ETTm1), yet it is not a learning rate:
     # the learning control is compared with the best online learning rate, the frozen control
