@@ -178,6 +178,9 @@ def _row(where: dict[str, Any], cell: Cell, cfg: TrialConfig | None,
         "backbone_key": metrics.backbone_key if metrics else None,
         "status": status,
         "valid": not note,
+        # streamed only what a choice needs (the warm-up, or the first share of the test)
+        "selection_only": cfg is not None and (not cfg.online.test_stream
+                                               or cfg.online.test_share < 1),
         "note": note,
         "mse": metrics.mse if metrics else math.nan,
         "mae": metrics.mae if metrics else math.nan,

@@ -374,15 +374,14 @@ def selection_runs(trials: pd.DataFrame, rules: Rules = Rules()) -> pd.DataFrame
 
     They hold no result, so they never reach a verdict's figures; they are the candidates the
     baseline was chosen among, and a verdict that names the choice must count them."""
-    if "cfg.online.test_stream" not in trials:
+    if "selection_only" not in trials:
         return trials.iloc[:0].assign(select_mse=pd.Series(dtype=float))
-    share = trials.get("cfg.online.test_share", pd.Series(1.0, index=trials.index))
     part = (trials["status"] == "TERMINATED") & (trials["direction"] == Direction.BASELINE) & (
-        (trials["cfg.online.test_stream"] == False) | (share < 1))  # noqa: E712 (a column)
+        trials["selection_only"].fillna(False).astype(bool))
     runs = trials[part].copy()
     warms = runs["cfg.online.warmup"].fillna(True).astype(bool)
     # a warm-up chooses on validation; otherwise the run streamed the selection share itself
-    same_share = (share[part] - rules.selection_share).abs() < 1e-9
+    same_share = (runs["cfg.online.test_share"] - rules.selection_share).abs() < 1e-9
     runs["select_mse"] = runs["warmup_mse"].where(warms, runs["mse"].where(same_share))
     return runs[runs["select_mse"].notna()]
 

@@ -235,15 +235,16 @@ def test_the_best_baseline_is_chosen_on_validation_mse():
 def selection_only(variant, seed, val, regime=ONLINE, **kw):
     """A baseline run that streamed the warm-up only (a campaign's S0-select): no result."""
     row = trial(variant, "baseline", seed, math.nan, regime=regime, val=val, **kw)
-    row.update({"valid": False, "note": "validation only", "cfg.online.test_stream": False,
-                "cfg.online.test_share": 1.0})
+    row.update({"valid": False, "note": "validation only", "selection_only": True,
+                "cfg.online.test_stream": False, "cfg.online.test_share": 1.0})
     return row
 
 
 def test_the_baseline_is_chosen_among_the_selection_runs_too():
     # S0-select ran four learning rates on the warm-up only; the best of them ran whole
     whole = [trial("online_slow", "baseline", 0, 0.71, val=0.3344,
-                   **{"cfg.online.test_stream": True, "cfg.online.test_share": 1.0})]
+                   **{"selection_only": False, "cfg.online.test_stream": True,
+                      "cfg.online.test_share": 1.0})]
     picks = [selection_only("online_slow", 0, 0.3344), selection_only("online", 0, 0.3798),
              selection_only("online_lr3e-5", 0, 0.4637),
              selection_only("frozen", 0, 0.3316, regime=FROZEN)]  # not a learning rate
