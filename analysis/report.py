@@ -92,27 +92,39 @@ class Analysis:
 
 
 def tuning_note(trials: pd.DataFrame) -> str:
-    """What the tuning searches tried, and what they selected on validation."""
+    """What the tuning searches tried, and what each selected on validation: one selection per
+    dataset, since validation MSEs of different datasets are not comparable."""
+    return " ".join(_tuning_note_of(dataset, group)
+                    for dataset, group in trials.groupby("dataset", sort=False))
+
+
+def _tuning_note_of(dataset: str, trials: pd.DataFrame) -> str:
     ranked = trials[trials["warmup_mse"].notna()]
+    head = f"{dataset}: {len(trials)} trial(s) of {', '.join(trials['experiment'].unique())}"
     if ranked.empty:
-        return f"{len(trials)} tuning trial(s), none with a validation MSE."
+        return f"{head}, none with a validation MSE."
     best = ranked.loc[ranked["warmup_mse"].idxmin()]
-    return (f"{len(trials)} trial(s) of {', '.join(trials['experiment'].unique())}, "
-            f"sampled by the search and scored on the validation (warm-up) stream only; "
+    sampled = [c for c in _sampled(trials) if pd.notna(best[c])]
+    return (f"{head}, sampled by the search and scored on the validation (warm-up) stream only; "
             f"{len(ranked)} ran the whole warm-up (the others were cut by the scheduler). "
             f"Selected: validation MSE {best['warmup_mse']:.5f}, "
-            + ", ".join(f"{c.removeprefix('sampled.')}={best[c]:.4g}"
-                        for c in trials if c.startswith("sampled."))
+            + ", ".join(f"{c.removeprefix('sampled.')}={best[c]:.4g}" for c in sampled)
             + ". Its test runs, if given among the experiments, are a control row of the "
             "verdicts above.")
 
 
+def _sampled(trials: pd.DataFrame) -> list[str]:
+    """The columns a search sampled that these trials have values for."""
+    return [c for c in trials if c.startswith("sampled.") and trials[c].notna().any()]
+
+
 def tuning_table(trials: pd.DataFrame, rows: int = 10) -> pd.DataFrame:
-    """The best tuning trials by validation MSE, with what was sampled."""
+    """The best tuning trials of each dataset by validation MSE, with what was sampled."""
     trials = trials.dropna(subset=["warmup_mse"]).sort_values("warmup_mse")
-    sampled = [c for c in trials if c.startswith("sampled.")]
+    sampled = _sampled(trials)
     shown = trials[["experiment", "variant", "dataset", "seed", "warmup_mse", *sampled]]
-    shown = shown.head(rows).copy()
+    shown = shown.groupby("dataset", sort=False).head(rows).copy()
+    shown = shown.sort_values(["dataset", "warmup_mse"], kind="stable")
     shown["warmup_mse"] = [f"{v:.5f}" for v in shown["warmup_mse"]]
     for column in sampled:  # learning rates are small: significant figures, not decimals
         shown[column] = [f"{v:.4g}" if isinstance(v, float) else v for v in shown[column]]

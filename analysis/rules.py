@@ -39,6 +39,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -300,6 +301,7 @@ def variant_table(trials: pd.DataFrame, rules: Rules = Rules(),
         best_base = _best_baseline(baselines, selections, dataset, group["backbone_key"],
                                    bool(group["backbone_frozen"].iloc[0]))
         mean_mse = float(group["mse"].mean())
+        compared = _mse_on_windows_of(best_base, group, rules, curves)
         selection = group.iloc[: rules.selection_seeds]
         repro = reproduction(group, dataset, rules)
         row = {
@@ -321,10 +323,11 @@ def variant_table(trials: pd.DataFrame, rules: Rules = Rules(),
             "reproduced": repro.reproduced, "reproduction_note": repro.note,
             "success": success(dataset, repro, rules),
             "pair_note": "; ".join(sorted({n for n in group["pair_note"] if n})),
-            "best_baseline": best_base[0], "baseline_mse": best_base[1],
-            "baseline_candidates": best_base[2],
-            "gain_vs_baseline": (best_base[1] - mean_mse) / best_base[1]
-            if not math.isnan(best_base[1]) else math.nan,
+            "best_baseline": best_base.name, "baseline_mse": best_base.mse,
+            "baseline_candidates": best_base.candidates,
+            "baseline_selected_on": best_base.selected_on,
+            "gain_vs_baseline": (best_base.mse - compared) / best_base.mse
+            if not math.isnan(best_base.mse) else math.nan,
             "control_seeds": len(control_seeds),
             "noise_floor": noise_floor(control_seeds["mse"]),
             "ms_per_step": float(group["ms_per_step"].mean()),
@@ -386,8 +389,20 @@ def selection_runs(trials: pd.DataFrame, rules: Rules = Rules()) -> pd.DataFrame
     return runs[runs["select_mse"].notna()]
 
 
+class Baseline(NamedTuple):
+    """The strongest CHRC-free baseline of a verdict, as :func:`_best_baseline` chose it."""
+
+    name: str  # "" when there is none
+    mse: float  # its reported MSE; NaN when it never ran whole
+    candidates: int  # how many it was chosen among (one: nothing was chosen)
+    selected_on: str  # what its reported MSE leaves out: "warm-up" (nothing) or the first 20 %
+
+
+NO_BASELINE = Baseline("", math.nan, 0, "")
+
+
 def _best_baseline(baselines: pd.DataFrame, selections: pd.DataFrame, dataset: str,
-                   keys: pd.Series, frozen: bool) -> tuple[str, float, int]:
+                   keys: pd.Series, frozen: bool) -> Baseline:
     """The CHRC-free variant of the same backbone regime (frozen, or learning online) with the
     lowest validation (selection) MSE, its reported MSE (NaN when it never ran whole), and how
     many it was chosen among: the whole runs and the selection-only runs (one: nothing was
@@ -402,15 +417,40 @@ def _best_baseline(baselines: pd.DataFrame, selections: pd.DataFrame, dataset: s
         return frame[(frame["dataset"] == dataset) & frame["backbone_key"].isin(keys)
                      & (frame["backbone_frozen"] == frozen)]
 
-    whole = same(baselines).groupby("variant", sort=False)[["select_mse", "mse"]].mean()
+    runs = same(baselines).groupby("variant", sort=False)
+    whole = runs[["select_mse", "mse"]].mean().join(runs["selected_on"].first())
     whole = whole[whole["select_mse"].notna()]
     chosen_on = same(selections).groupby("variant", sort=False)["select_mse"].mean()
     candidates = pd.concat([whole["select_mse"], chosen_on[~chosen_on.index.isin(whole.index)]])
     if candidates.empty:
-        return "", math.nan, 0
+        return NO_BASELINE
     best = candidates.idxmin()
-    mse = float(whole.loc[best, "mse"]) if best in whole.index else math.nan
-    return str(best), mse, len(candidates)
+    if best not in whole.index:
+        return Baseline(str(best), math.nan, len(candidates), "")
+    return Baseline(str(best), float(whole.loc[best, "mse"]), len(candidates),
+                    str(whole.loc[best, "selected_on"]))
+
+
+def _mse_on_windows_of(baseline: Baseline, group: pd.DataFrame, rules: Rules,
+                       curves: CurveLoader | None) -> float:
+    """The group's mean MSE over the windows the baseline's MSE covers, so that the gain
+    between them compares the same stretch of the stream.
+
+    A run that warmed up on validation reports the whole test stream; a baseline of a dataset
+    without warm-up (Weather's) reports only what follows the selection cut. A warmed-up run
+    there (a control tuned on validation) is then scored after the same cut. Any other mismatch
+    has no common windows to compare on: NaN."""
+    if not baseline.selected_on or (group["selected_on"] == baseline.selected_on).all():
+        return float(group["mse"].mean())
+    if curves is None or not (group["selected_on"] == "warm-up").all():
+        return math.nan
+    after_cut = []
+    for row in group.itertuples():
+        curve = curves(row.trial_path, row.experiment_path)
+        if curve is None or row.stopped:
+            return math.nan
+        after_cut.append(float(curve[selection_cut(len(curve), rules):].mean()))
+    return float(np.mean(after_cut))
 
 
 def _significance(group: pd.DataFrame, controls: pd.DataFrame, curves: CurveLoader,
@@ -501,6 +541,7 @@ def verdicts(variants: pd.DataFrame, rules: Rules = Rules()) -> pd.DataFrame:
             "reproduced": bool(best["reproduced"]), "reproductions": best["reproductions"],
             "best_baseline": best["best_baseline"],
             "baseline_candidates": int(best["baseline_candidates"]),
+            "baseline_selected_on": best["baseline_selected_on"],
             "gain_vs_baseline": float(best["gain_vs_baseline"]),
             "noise_floor": float(best["noise_floor"]), "below_noise": best["below_noise"],
             "p_value": float(best["p_value"]), "success": best["success"],
@@ -541,11 +582,14 @@ def _verdict_text(row: dict, rules: Rules, direction: str) -> str:
                     "whole run to compare with)")
         if math.isnan(base):
             return "control (no CHRC-free baseline to compare with)"
+        chosen_on = row["baseline_selected_on"]
         if row["baseline_candidates"] == 1:
             how = "the only one of its backbone regime"
         else:
             how = (f"chosen among {row['baseline_candidates']} of its backbone regime on "
-                   f"{_selection_words(row['selected_on'])}")
+                   f"{_selection_words(chosen_on)}")
+        if chosen_on != row["selected_on"]:  # see _mse_on_windows_of
+            how += f"; both scored on the test windows after its {chosen_on}"
         return (f"control: {100 * base:+.2f}% vs the best CHRC-free baseline "
                 f"({row['best_baseline']}, {how})")
     parts = []

@@ -495,3 +495,52 @@ def test_the_rolling_figure_tells_the_controls_of_each_regime_apart():
     assert set(lines) == {"p2p7p8", "p2p7p8_frozen", "a1"}
     assert lines["p2p7p8"].get_linestyle() != lines["p2p7p8_frozen"].get_linestyle()
     assert lines["a1"].get_color() != lines["p2p7p8"].get_color()
+
+
+def test_each_dataset_of_a_tuning_search_has_its_own_selection():
+    """Tuning searches on two datasets: each selects on its own validation MSE (Weather's are
+    not comparable with ETTm1's), and the table shows the best of each, never one ranking."""
+    from analysis.report import tuning_note, tuning_table
+
+    def tuned(dataset, val, lr, experiment):
+        return {"experiment": experiment, "variant": "p2p7p8", "dataset": dataset, "seed": 0,
+                "warmup_mse": val, "sampled.online.lr": lr}
+
+    trials = table(tuned("ETTm1", 0.33, 1e-5, "control_tuning"),
+                   tuned("ETTm1", 0.31, 2e-5, "control_tuning"),
+                   tuned("ETTm1", math.nan, 3e-5, "control_tuning"),  # cut by the scheduler
+                   tuned("Weather", 0.52, 4e-6, "control_tuning_weather"),
+                   tuned("Weather", 0.48, 5e-6, "control_tuning_weather"))
+    note = tuning_note(trials)
+    assert "ETTm1: 3 trial(s) of control_tuning," in note and "2 ran the whole warm-up" in note
+    assert "Selected: validation MSE 0.31000, online.lr=2e-05" in note
+    assert "Weather: 2 trial(s) of control_tuning_weather," in note
+    assert "Selected: validation MSE 0.48000, online.lr=5e-06" in note
+    shown = tuning_table(trials, rows=1)
+    assert shown[["dataset", "warmup_mse", "online.lr"]].values.tolist() == [
+        ["ETTm1", "0.31000", "2e-05"], ["Weather", "0.48000", "5e-06"]]
+
+
+def test_a_warmed_up_control_is_compared_with_its_baseline_on_the_same_windows():
+    """Weather selects its baseline on the first 20 % of test and reports the rest; a control
+    tuned with a warm-up reports the whole stream, so its gain over that baseline is measured
+    after the same cut (here +10 % there, where the whole stream would say -12 %)."""
+    n = 1000
+    curves = {"online_slow-Weather-0": np.r_[np.full(200, 1.1), np.full(800, 1.0)],
+              "online-Weather-0": np.full(n, 1.3),
+              "p2p7p8_tuned-Weather-0": np.r_[np.full(200, 2.0), np.full(800, 0.9)]}
+    tuned = trial("p2p7p8_tuned", "control", 0, curves["p2p7p8_tuned-Weather-0"].mean(),
+                  dataset="Weather", val=0.5)
+    tuned["backbone_online_lr"] = 5e-8  # a regime of its own: never averaged with p2p7p8
+    rows = [tuned, *(trial(name, "baseline", 0, curves[f"{name}-Weather-0"].mean(),
+                           dataset="Weather", warmup=False) for name in ("online_slow", "online"))]
+    variants, verdict = judge(table(*rows), curves=lambda path, exp: curves[path])
+    row = verdict.set_index("best_variant").loc["p2p7p8_tuned"]
+    assert row["mse"] == pytest.approx(1.12)  # its own figure: the whole test stream
+    assert variants.set_index("variant").loc["p2p7p8_tuned", "baseline_mse"] == pytest.approx(1.0)
+    assert row["best_baseline"] == "online_slow"
+    assert row["gain_vs_baseline"] == pytest.approx(0.10)
+    assert row["verdict"] == (
+        "control: +10.00% vs the best CHRC-free baseline (online_slow, chosen among 2 of its "
+        "backbone regime on the first 20% of test; both scored on the test windows after its "
+        "first 20% of test)")
