@@ -135,6 +135,8 @@ def _experiment(location: str, index: int) -> list[dict[str, Any]]:
         # what a search algorithm (Optuna) sampled for this trial, one column per parameter
         row.update({f"sampled.{key}": value
                     for key, value in (trial.config.get("sampled") or {}).items()})
+        # Ray's own clock: the time of a trial a scheduler cut before it wrote metrics.json
+        row["ray_time_s"] = _number((trial.last_result or {}).get("time_total_s"))
         rows.append(row)
     if space is not None and space.search.kind == "grid":
         # Ray creates a grid's trials as it goes: an interrupted search has not created them all.

@@ -94,13 +94,16 @@ class Analysis:
 def tuning_note(trials: pd.DataFrame) -> str:
     """What the tuning searches tried, and what each selected on validation: one selection per
     dataset, since validation MSEs of different datasets are not comparable."""
-    return " ".join(_tuning_note_of(dataset, group)
-                    for dataset, group in trials.groupby("dataset", sort=False))
+    return "\n\n".join(_tuning_note_of(dataset, group)
+                       for dataset, group in trials.groupby("dataset", sort=False))
 
 
 def _tuning_note_of(dataset: str, trials: pd.DataFrame) -> str:
     ranked = trials[trials["warmup_mse"].notna()]
-    head = f"{dataset}: {len(trials)} trial(s) of {', '.join(trials['experiment'].unique())}"
+    # a trial the scheduler cut wrote no metrics.json: Ray's clock has its time
+    seconds = trials["wall_s"].fillna(trials.get("ray_time_s", math.nan)).sum()
+    head = (f"{dataset}: {len(trials)} trial(s) of {', '.join(trials['experiment'].unique())} "
+            f"({seconds / 3600:.2f} trial-hours)")
     if ranked.empty:
         return f"{head}, none with a validation MSE."
     best = ranked.loc[ranked["warmup_mse"].idxmin()]
@@ -253,7 +256,8 @@ def to_html(analysis: Analysis) -> str:
               analysis.compute.to_html(index=False)]
     if analysis.tuning is not None:
         parts += [f"<h2>{TUNING_TITLE}</h2>",
-                  f"<p>{html.escape(tuning_note(analysis.tuning))}</p>",
+                  *(f"<p>{html.escape(part)}</p>"
+                    for part in tuning_note(analysis.tuning).split("\n\n")),
                   tuning_table(analysis.tuning).to_html(index=False)]
     parts += ["<h2>Reproduce</h2>", f"<p>{REPRODUCE_NOTE}</p>",
               f"<pre>{html.escape(chr(10).join(analysis.commands))}</pre>"]
