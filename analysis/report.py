@@ -123,11 +123,11 @@ def _sampled(trials: pd.DataFrame) -> list[str]:
 
 def tuning_table(trials: pd.DataFrame, rows: int = 10) -> pd.DataFrame:
     """The best tuning trials of each dataset by validation MSE, with what was sampled."""
-    trials = trials.dropna(subset=["warmup_mse"]).sort_values("warmup_mse")
+    trials = trials.dropna(subset=["warmup_mse"]).sort_values(["dataset", "warmup_mse"],
+                                                              kind="stable")
     sampled = _sampled(trials)
     shown = trials[["experiment", "variant", "dataset", "seed", "warmup_mse", *sampled]]
-    shown = shown.groupby("dataset", sort=False).head(rows).copy()
-    shown = shown.sort_values(["dataset", "warmup_mse"], kind="stable")
+    shown = shown.groupby("dataset").head(rows).copy()
     shown["warmup_mse"] = [f"{v:.5f}" for v in shown["warmup_mse"]]
     for column in sampled:  # learning rates are small: significant figures, not decimals
         shown[column] = [f"{v:.4g}" if isinstance(v, float) else v for v in shown[column]]
