@@ -28,6 +28,11 @@ def _full_stream_seconds(done: pd.DataFrame) -> pd.Series:
     return (done["wall_s"] * (warmup + test) / ran.where(ran > 0)).astype(float)
 
 
+def trial_hours(trials: pd.DataFrame) -> float:
+    """Trial-hours the runs with results used (a run that never started costs nothing)."""
+    return float(trials["wall_s"].sum()) / 3600.0
+
+
 def compute_table(trials: pd.DataFrame) -> pd.DataFrame:
     """Per experiment (and in total): runs with results, runs stopped for futility, the
     trial-hours used, and the trial-hours the same runs would have taken to the end."""

@@ -22,7 +22,7 @@ from matplotlib.figure import Figure
 
 from analysis import figures
 from analysis.campaign_log import CampaignLog, campaigns, expand
-from analysis.compute import compute_table, exhaustive_hours
+from analysis.compute import compute_table, exhaustive_hours, trial_hours
 from analysis.loading import AnalysisError, load_trials
 from analysis.reproduce import commands
 from analysis.rules import Rules, variant_table, verdicts
@@ -57,7 +57,7 @@ class Analysis:
     grid: pd.DataFrame | None = None  # the full grid of a space, to cost against (grid_cells)
     tuning: pd.DataFrame | None = None  # trials of tuning searches on validation (--tuning)
     commands: list[str] = field(default_factory=list)  # what reproduces it (analysis.reproduce)
-    campaigns: list[CampaignLog] = field(default_factory=list)  # those the experiments are stages of
+    campaigns: list[CampaignLog] = field(default_factory=list)  # those whose stages are given
 
     @property
     def compute(self) -> pd.DataFrame:
@@ -65,16 +65,35 @@ class Analysis:
 
     def compute_note(self) -> str:
         """What the runs cost, and against the exhaustive grid when a space was given."""
-        used = compute_table(self.trials)
-        if self.grid is None or used.empty:
+        if self.grid is None or not self.trials["wall_s"].notna().any():
             return COMPUTE_NOTE
-        hours = float(used["trial_hours"].iloc[-1])
         grid, unknown = exhaustive_hours(self.trials, self.grid)
         missing = f" ({unknown} cells with no run to estimate from left out)" if unknown else ""
         return (f"{COMPUTE_NOTE} The exhaustive grid ({len(self.grid)} runs: every variant x "
                 f"dataset x seed of the space, each to the end) would take about {grid:.1f} "
-                f"trial-hours at the cost these runs measured{missing}; these experiments used "
-                f"{hours:.1f} ({100 * hours / grid:.0f}%).")
+                f"trial-hours at the cost these runs measured{missing}; "
+                + self._used_against(grid))
+
+    def _used_against(self, grid: float) -> str:
+        """The trial-hours used, as a share of the grid's. A campaign is what stands in for the
+        grid, so when experiments outside it are given too (a tuned control, a baseline run
+        apart), its stages are set against the grid and the others are added apart."""
+        total = trial_hours(self.trials)
+        staged = self.trials["experiment_path"].map(self._is_stage)
+        if not staged.any():
+            return f"these experiments used {total:.1f} ({100 * total / grid:.0f}%)."
+        used = trial_hours(self.trials[staged])
+        head = f"the campaign's stages used {used:.1f} ({100 * used / grid:.0f}%)"
+        if staged.all():
+            return head + "."
+        others = ", ".join(self.trials.loc[~staged, "experiment"].unique())
+        return (f"{head}; the other experiments given ({others}), outside the campaign, "
+                f"{total - used:.1f} more: {total:.1f} in all ({100 * total / grid:.0f}%).")
+
+    def _is_stage(self, location: str) -> bool:
+        """Whether the experiment at ``location`` is a stage of a campaign given."""
+        return "://" not in location and any(Path(location).parent == log.folder
+                                             for log in self.campaigns)
 
     @property
     def failed(self) -> pd.DataFrame:

@@ -115,3 +115,38 @@ def test_the_exhaustive_grid_is_costed_from_the_runs_measured():
                         ("online_fast", False, False), ("b3_frozen", True, True)]])  # unknown
     hours, unknown = exhaustive_hours(trials, cells)
     assert hours == pytest.approx(1 + 1 + 1 + 1 + 0.1 + 0.5 + 0.5) and unknown == 1
+
+
+def test_a_campaign_is_set_against_the_grid_without_the_experiments_given_beside_it():
+    """The one-third target is the campaign's: a tuned control or a baseline run apart, given to
+    the same report, is added apart instead of counting towards the campaign's share."""
+    from pathlib import Path
+
+    import pandas as pd
+
+    from analysis.campaign_log import CampaignLog
+    from analysis.report import Analysis
+    from analysis.rules import Rules
+
+    kind = {"dataset": "ETTm1", "direction": "control", "backbone_frozen": False}
+    stages = [_run("S0", 3600.0, 4000, variant="p2p7p8", **kind,
+                   experiment_path="runs/plan/S0"),
+              _run("A1", 900.0, 1000, stopped_of=4000, variant="a1", **kind,
+                   experiment_path="runs/plan/A1")]
+    extra = _run("tuned", 1800.0, 4000, variant="p2p7p8_tuned", **{**kind, "dataset": "Weather"},
+                 experiment_path="runs/extra/tuned")  # not in the grid, and costs none of it
+    cells = pd.DataFrame([{"variant": v, "dataset": "ETTm1", "frozen": False, "chrc": True}
+                          for v in ("p2p7p8", "a1", "a2", "a2")])  # 4 h to the end
+    plan = CampaignLog(Path("runs/plan"), "plan", "plan.yaml", (), ("S0", "A1"), True)
+
+    def note(rows, campaigns):
+        trials = pd.DataFrame(rows)
+        return Analysis([], trials, pd.DataFrame(), pd.DataFrame(), Rules(), cells,
+                        campaigns=campaigns).compute_note()
+
+    assert note([*stages, extra], [plan]).endswith(
+        "would take about 4.0 trial-hours at the cost these runs measured; the campaign's stages "
+        "used 1.2 (31%); the other experiments given (tuned), outside the campaign, 0.5 more: "
+        "1.8 in all (44%).")
+    assert note(stages, [plan]).endswith("the campaign's stages used 1.2 (31%).")
+    assert note([*stages, extra], []).endswith("these experiments used 1.8 (44%).")
