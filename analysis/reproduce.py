@@ -17,7 +17,7 @@ from analysis.campaign_log import CampaignLog, campaigns
 from analysis.loading import flatten, read_launch_record
 from hmem.errors import HmemError
 from hmem.records import LaunchRecord
-from hmem.spaces import load_space
+from hmem.spaces import CAMPAIGN_STORAGE, DEFAULT_STORAGE, load_space
 
 
 def _in_repository(path: str) -> str:
@@ -44,6 +44,18 @@ def _selection(record: LaunchRecord, space_file: str) -> str:
     return flags
 
 
+def _storage(location: str, default: str) -> str:
+    """`` --storage DIR`` where the experiment lies elsewhere than its command would put it by
+    default, so that the report command that follows finds what the commands made."""
+    location = location.rstrip("/")
+    parent = location.rsplit("/", 1)[0] if "/" in location else "."
+    if "://" in parent or "://" in default:
+        same = parent == default.rstrip("/")
+    else:  # relative paths are relative to where the report was made, as the commands will be
+        same = Path(parent).resolve() == Path(default).resolve()
+    return "" if same else f" --storage {shlex.quote(parent)}"
+
+
 def commands(experiments: Sequence[str], tuning: Sequence[str] = (),
              report: str | None = None,
              logs: Sequence[CampaignLog] | None = None) -> list[str]:
@@ -57,8 +69,9 @@ def commands(experiments: Sequence[str], tuning: Sequence[str] = (),
         campaign = by_folder.get(Path(location).parent) if "://" not in str(location) else None
         if campaign is not None:
             name, space = campaign.name, _in_repository(campaign.space)
-            line = f"hmem campaign {space}" + (f" --name {name}" if name != Path(space).stem
-                                                 else "")
+            line = (f"hmem campaign {space}"
+                    + (f" --name {name}" if name != Path(space).stem else "")
+                    + _storage(str(campaign.folder), CAMPAIGN_STORAGE))
         else:
             record = read_launch_record(location)
             if record is None:
@@ -67,7 +80,8 @@ def commands(experiments: Sequence[str], tuning: Sequence[str] = (),
                 continue
             name = Path(location.rstrip("/")).name
             space = _in_repository(record.space_source)
-            line = f"hmem tune launch {space} --name {name}{_selection(record, space)}"
+            line = (f"hmem tune launch {space} --name {name}{_selection(record, space)}"
+                    + _storage(location, record.space.get("storage") or DEFAULT_STORAGE))
             for key, value in flatten(record.overrides).items():
                 line += f" --set {shlex.quote(f'{key}={value}')}"
         if line not in lines:

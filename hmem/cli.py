@@ -158,9 +158,9 @@ def build_parser() -> argparse.ArgumentParser:
                           "search_spaces/plan.yaml")
     campaign.add_argument("--address", default=None,
                           help="Ray cluster (default: an embedded local instance on 127.0.0.1)")
-    campaign.add_argument("--storage", default="results/campaigns",
-                          help="folder of the campaign's stages, log and report (default: "
-                          "%(default)s)")
+    campaign.add_argument("--storage", default=None,
+                          help="folder that holds the campaign's folder: its stages, log and "
+                          "report (default: results/campaigns)")
     campaign.add_argument("--name", default=None, help="campaign name (default: the space's)")
     campaign.add_argument("--resume", action="store_true",
                           help="continue an interrupted campaign; finished stages are kept")
@@ -471,9 +471,11 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 def _cmd_campaign(args: argparse.Namespace) -> int:
     _keep_ray_local(args)
+    from hmem.spaces import CAMPAIGN_STORAGE
     from tune.campaign import CampaignOptions, run_campaign
 
-    options = CampaignOptions(address=args.address, storage=args.storage, name=args.name,
+    options = CampaignOptions(address=args.address, storage=args.storage or CAMPAIGN_STORAGE,
+                              name=args.name,
                               resume=args.resume, data_dir=args.data_dir,
                               cache_dir=args.cache_dir, extra_seeds=args.extra_seeds,
                               stopping=not args.no_stopping,

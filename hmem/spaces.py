@@ -48,6 +48,12 @@ from hmem.config import (
 from hmem.data.loading import BUILTIN_FILES, SYNTHETIC
 from hmem.errors import ConfigError
 
+#: Where ``hmem tune launch`` keeps an experiment when neither ``--storage`` nor the space's
+#: ``storage`` names a place.
+DEFAULT_STORAGE = "results/tune"
+#: Where ``hmem campaign`` keeps a campaign's folder (its stages, log and report) by default.
+CAMPAIGN_STORAGE = "results/campaigns"
+
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)

@@ -166,8 +166,8 @@ def test_hmem_report_writes_html_and_markdown(campaign, tmp_path):
     # the commands that reproduce it: the campaign once (not its stages), then the report
     block = text[text.index("```bash\n", text.index("## Reproduce")) + 8:]
     block = block[:block.index("\n```")].splitlines()
-    assert block[0] == f"hmem campaign {campaign['space']}" and len(block) == 2
-    assert block[1] == shlex.join(["hmem", "report", *stages, "--out", str(md_out)])
+    assert block == [f"hmem campaign {campaign['space']} --storage {folder.parent}",
+                     shlex.join(["hmem", "report", *stages, "--out", str(md_out)])]
 
 
 def _report(experiments: list[str], out: Path) -> str:

@@ -126,7 +126,7 @@ def _node_ips(folder: Path) -> set[str]:
 SMALL = """name: twonodes
 base:
   data: {dataset: synthetic, seq_len: 48, horizon: 12, max_val_windows: 100,
-         synthetic: {rows: 4000, variables: 3}}
+         max_test_windows: 1000, synthetic: {rows: 4000, variables: 3}}
   backbone: {kind: nlinear}
   pretrain: {epochs: 2}
   chrc: {feature_dim: 32, hidden_dim: 64, refiner_dim: 64, memory: {capacity: 200}}
@@ -156,11 +156,12 @@ def test_a_search_by_address_runs_on_both_nodes_with_shared_artefacts(cluster, t
 
 def test_submit_with_the_token_runs_a_quickstart_selection_on_both_nodes(cluster, tmp_path, cache_dir):
     out = tmp_path / "out"
-    # the selection travels with the job: one trial per node (8 would only take longer)
+    # the selection and the overrides travel with the job: one trial per node (8 would only
+    # take longer), on the first 750 windows of the test stream
     submitted = subprocess.run(
         [*HMEM, "tune", "submit", "search_spaces/quickstart.yaml", "--address", cluster.dashboard,
          "--storage", str(out), "--cache-dir", str(cache_dir), "--variants", "p2p7p8",
-         "--seeds", "0,1", "--wait"],
+         "--seeds", "0,1", "--set", "data.max_test_windows=750", "--wait"],
         cwd=REPO, env=_client_env(tmp_path, cluster.token), capture_output=True, text=True,
         timeout=600)
     assert submitted.returncode == 0, submitted.stdout[-4000:] + submitted.stderr[-3000:]
@@ -172,7 +173,7 @@ def test_submit_with_the_token_runs_a_quickstart_selection_on_both_nodes(cluster
     for label, folder in trials.items():
         metrics = json.loads((folder / "metrics.json").read_text())
         assert label == f"{metrics['variant']}-synthetic-s{metrics['seed']}"
-        assert metrics["steps"] == 2977 and metrics["backbone_source"] == "object_store"
+        assert metrics["steps"] == 750 and metrics["backbone_source"] == "object_store"
     assert set().union(*map(_node_ips, trials.values())) == {HEAD, SECOND}
 
     listed = subprocess.run([RAY, "job", "list", "--address", cluster.dashboard],

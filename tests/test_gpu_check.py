@@ -14,7 +14,9 @@ def test_gpu_check_runs_every_check_on_the_cpu(tmp_path, cache_dir, capsys, embe
     spec = importlib.util.spec_from_file_location("gpu_check", REPO / "benchmarks/gpu_check.py")
     gpu_check = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(gpu_check)
-    code = gpu_check.main(["--device", "cpu", "--dataset", "synthetic", "--windows", "60",
+    quickstart = str(REPO / "search_spaces/quickstart.yaml")  # a small backbone: a cheap check
+    code = gpu_check.main(["--device", "cpu", "--space", quickstart,
+                           "--dataset", "synthetic", "--windows", "60",
                            "--quickstart-seeds", "0", "--quickstart-variants", "p2p7p8",
                            "--sharing", "2",
                            "--cache-dir", str(cache_dir), "--out", str(tmp_path)])

@@ -46,7 +46,7 @@ from analysis.rules import Rules, a2_gate, s3_pair, variant_table, verdicts
 from hmem.config import deep_merge
 from hmem.directions import BackboneRegime, Direction
 from hmem.errors import ConfigError, HmemError
-from hmem.spaces import SearchSpace, load_space
+from hmem.spaces import CAMPAIGN_STORAGE, SearchSpace, load_space
 from tune.ray_api import can_restore
 
 log = logging.getLogger(__name__)
@@ -64,7 +64,7 @@ class StageInterrupted(HmemError):
 @dataclass(frozen=True)
 class CampaignOptions:
     address: str | None = None
-    storage: str = "results/campaigns"
+    storage: str = CAMPAIGN_STORAGE
     name: str | None = None
     resume: bool = False
     data_dir: str | None = None

@@ -35,7 +35,7 @@ from hmem.config import TrialConfig
 from hmem.data.loading import resolve_data_dir
 from hmem.errors import ConfigError, HmemError
 from hmem.records import LAUNCH_RECORD, LaunchRecord
-from hmem.spaces import Cell, Distribution, SearchSpace, load_space
+from hmem.spaces import DEFAULT_STORAGE, Cell, Distribution, SearchSpace, load_space
 from tune.artefacts import BackbonePlan, plan_backbones, ship_backbones
 from tune.futility import FutilityStopper, control_losses
 from tune.ray_api import (
@@ -49,8 +49,6 @@ from tune.ray_api import (
 from tune.trainable import TrialContext, hmem_trainable
 
 log = logging.getLogger(__name__)
-
-DEFAULT_STORAGE = "results/tune"
 
 
 @dataclass(frozen=True)
