@@ -93,6 +93,15 @@ def expand(experiments: Iterable[str | os.PathLike]) -> list[str]:
     return out
 
 
+def stage_of(location: str | os.PathLike,
+             logs: Iterable[CampaignLog]) -> CampaignLog | None:
+    """The campaign among ``logs`` that the experiment at ``location`` is a stage of, if any: a
+    stage is a folder of its campaign's folder (remote experiments are never stages)."""
+    if "://" in str(location):
+        return None
+    return next((log for log in logs if log.folder == Path(location).parent), None)
+
+
 def campaigns(experiments: Iterable[str | os.PathLike]) -> list[CampaignLog]:
     """The campaigns the experiment folders are stages of, each once, in order of appearance;
     each campaign's log is read once, however many of its stages are given."""

@@ -21,7 +21,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from analysis import figures
-from analysis.campaign_log import CampaignLog, campaigns, expand
+from analysis.campaign_log import CampaignLog, campaigns, expand, stage_of
 from analysis.compute import compute_table, exhaustive_hours, trial_hours
 from analysis.loading import AnalysisError, load_trials
 from analysis.reproduce import commands
@@ -79,7 +79,8 @@ class Analysis:
         grid, so when experiments outside it are given too (a tuned control, a baseline run
         apart), its stages are set against the grid and the others are added apart."""
         total = trial_hours(self.trials)
-        staged = self.trials["experiment_path"].map(self._is_stage)
+        staged = self.trials["experiment_path"].map(
+            lambda location: stage_of(location, self.campaigns) is not None)
         if not staged.any():
             return f"these experiments used {total:.1f} ({100 * total / grid:.0f}%)."
         used = trial_hours(self.trials[staged])
@@ -89,11 +90,6 @@ class Analysis:
         others = ", ".join(self.trials.loc[~staged, "experiment"].unique())
         return (f"{head}; the other experiments given ({others}), outside the campaign, "
                 f"{total - used:.1f} more: {total:.1f} in all ({100 * total / grid:.0f}%).")
-
-    def _is_stage(self, location: str) -> bool:
-        """Whether the experiment at ``location`` is a stage of a campaign given."""
-        return "://" not in location and any(Path(location).parent == log.folder
-                                             for log in self.campaigns)
 
     @property
     def failed(self) -> pd.DataFrame:

@@ -13,7 +13,7 @@ import shlex
 from collections.abc import Sequence
 from pathlib import Path
 
-from analysis.campaign_log import CampaignLog, campaigns
+from analysis.campaign_log import CampaignLog, campaigns, stage_of
 from analysis.loading import flatten, read_launch_record
 from hmem.errors import HmemError
 from hmem.records import LaunchRecord
@@ -62,11 +62,10 @@ def commands(experiments: Sequence[str], tuning: Sequence[str] = (),
     """Shell commands, in order: launch every experiment (a campaign once), then the report.
     ``logs``: the campaigns the folders are stages of, when the caller has read them already."""
     locations = [*tuning, *experiments]
-    by_folder = {log.folder: log for log in
-                 (campaigns(locations) if logs is None else logs)}
+    logs = campaigns(locations) if logs is None else logs
     lines: list[str] = []
     for location in locations:
-        campaign = by_folder.get(Path(location).parent) if "://" not in str(location) else None
+        campaign = stage_of(location, logs)
         if campaign is not None:
             name, space = campaign.name, _in_repository(campaign.space)
             line = (f"hmem campaign {space}"
