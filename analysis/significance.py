@@ -32,7 +32,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import stats
 
 #: Blocks of the batch-means test; fewer blocks hold the size under stronger persistence.
 BATCHES = 8
@@ -87,6 +86,8 @@ def loss_difference_test(loss_a, loss_b, horizon: int, batches: int = BATCHES) -
         if mean == 0.0:
             return DifferenceTest(0.0, 1.0, 0.0, n, batches)
         return DifferenceTest(math.copysign(math.inf, mean), 0.0, mean, n, batches)
+    from scipy import stats  # here: a trial worker imports this module, and SciPy costs it ~1.5 s
+
     result = stats.ttest_1samp(means, 0.0)
     return DifferenceTest(float(result.statistic), float(result.pvalue), mean, n, batches)
 
@@ -168,6 +169,8 @@ def final_gain_bound(control, variant, control_total: float, total: int, level: 
     d = c - v
     means = batch_means(d, batches)
     se = float(means.std(ddof=1)) / math.sqrt(batches)
+    from scipy import stats
+
     quantile = float(stats.t.ppf(1.0 - level, batches - 1))
     seen = float(d.sum())
     predicted = (total - n) * float(d.mean()) + quantile * se * math.sqrt(total * (total - n))

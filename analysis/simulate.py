@@ -15,7 +15,6 @@ Both have unit marginal variance per component and mean ``shift``.
 from __future__ import annotations
 
 import numpy as np
-from scipy import signal
 
 KINDS = ("overlap", "persistent")
 
@@ -27,6 +26,8 @@ def loss_differential(kind: str, n: int, horizon: int, rng: np.random.Generator,
     shocks = rng.standard_normal(n + horizon - 1)
     d = np.convolve(shocks, np.full(horizon, 1.0 / np.sqrt(horizon)), mode="valid")
     if kind == "persistent":
+        from scipy import signal  # here: trial workers import this module, SciPy costs ~1.5 s
+
         innovations = rng.standard_normal(n) * np.sqrt(1.0 - ar**2)
         start = rng.standard_normal()  # the stationary distribution's draw
         d = d + signal.lfilter([1.0], [1.0, -ar], innovations, zi=[ar * start])[0]

@@ -87,6 +87,22 @@ def test_user_file_gz_and_plain_load_the_same(tmp_path):
     assert a.n_marks == 4  # hourly data: hour, weekday, day of month, day of year
 
 
+def test_a_file_is_read_once_until_it_changes(tmp_path):
+    """A campaign plans each stage from the same files: the second read is the first's, and an
+    edited file (a notebook user fixing a row) is read again, never served stale."""
+    path = _series_csv(tmp_path, rows=200)
+    first = read_series(path)
+    assert read_series(path) is first
+    with pytest.raises(ValueError, match="read-only"):
+        first.values[0, 0] = 1.0  # shared between callers: nobody may change it
+    frame = pd.read_csv(path)
+    frame.loc[0, "a"] = 123.0
+    frame.to_csv(path, index=False)
+    edited = read_series(path)
+    assert edited is not first and edited.values[0, 0] == 123.0
+    assert edited.content_hash != first.content_hash
+
+
 def test_calendar_follows_the_files_frequency():
     minutes = pd.date_range("2021-03-01", periods=10, freq="10min")
     days = pd.date_range("2021-03-01", periods=10, freq="D")

@@ -34,22 +34,33 @@ REPO = Path(__file__).resolve().parents[1]
 HMEM = [sys.executable, "-m", "hmem.cli"]
 
 
+def _json_or_none(text: str):
+    """A file that Ray is still writing (polled while a search runs) reads as not there yet."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return None
+
+
 def _trials(experiment: Path) -> dict[str, Path]:
     """Trial label (``variant-dataset-sSEED``, plus the folder for sampled trials) -> folder."""
     trials = {}
     for folder in experiment.iterdir():
-        if (folder / "params.json").exists():
-            params = json.loads((folder / "params.json").read_text())
+        path = folder / "params.json"
+        params = _json_or_none(path.read_text()) if path.exists() else None
+        if params is not None:
             label = Cell(**params["cell"]).label()
             trials[f"{label}#{folder.name}" if "sampled" in params else label] = folder
     return trials
 
 
 def _results(folder: Path) -> list[dict]:
+    """The rows of ``result.json`` written so far (a last line still being written is left out)."""
     path = folder / "result.json"
     if not path.exists():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    rows = [_json_or_none(line) for line in path.read_text().splitlines() if line.strip()]
+    return [row for row in rows if row is not None]
 
 
 def _hmem_run_mse(space_path, variant, seed, cache_dir, overrides=None) -> float:
@@ -127,6 +138,10 @@ def test_quickstart_end_to_end(tmp_path, cache_dir, embedded_ray):
         assert json.loads((folder / "config.json").read_text())["seed"] == metrics["seed"]
         assert list((folder / "tensorboard").glob("events.out.tfevents.*"))  # per-window curve
         assert list(folder.glob("events.out.tfevents.*"))  # Tune's running metrics
+    # a finished trial's worker process takes the next trial (no second start-up of torch), and
+    # the numbers stay those of a fresh process (below)
+    workers = {row["pid"] for folder in trials.values() for row in _results(folder)}
+    assert len(workers) < 8
 
     # each trial gives exactly what `hmem run` gives for the same variant and seed
     for variant, seed in [("online_slow", 1), ("p2p7p8", 0)]:  # a baseline, a corrector

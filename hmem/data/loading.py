@@ -7,6 +7,7 @@ because a silently repaired series makes every downstream number unreproducible.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import os
@@ -91,7 +92,23 @@ def read_series(
     exactly (the public Weather file has one such row, and the published window counts include
     it); the row is kept, never dropped, and each one is logged. A repeated timestamp with other
     values is always an error.
+
+    A process reads each file once: a campaign plans every stage from the same files, and a Ray
+    worker reused from trial to trial reads them again (parsing Weather costs ~1 s). The cache is
+    keyed on the file's path, size and modification time, so a changed file is read again; the
+    values it hands out are shared, hence read-only.
     """
+    try:
+        stat = os.stat(path)
+    except OSError as err:
+        raise DataError(f"{path}: cannot be read as CSV ({err})") from None
+    return _read_series(Path(path), stat.st_size, stat.st_mtime_ns, name or path.name,
+                        keep_identical_duplicates)
+
+
+@functools.lru_cache(maxsize=4)
+def _read_series(path: Path, size: int, mtime_ns: int, name: str,
+                 keep_identical_duplicates: bool) -> RawSeries:
     try:
         frame = pd.read_csv(path, dtype=str, keep_default_na=False)
     except (OSError, ValueError, EOFError) as err:  # unreadable, bad gzip, ragged rows
@@ -109,8 +126,9 @@ def read_series(
     dates = _parse_dates(path, frame["date"])
     values = np.column_stack([_parse_numbers(path, frame[c], c) for c in numeric_columns])
     _check_order(path, frame["date"], dates, values, keep_identical_duplicates)
+    values.setflags(write=False)
     return RawSeries(
-        name=name or path.name,
+        name=name,
         dates=dates,
         values=values,
         columns=tuple(numeric_columns),

@@ -28,7 +28,6 @@ import copy
 from typing import Any
 
 import torch
-from scipy.stats import spearmanr
 from torch import nn
 
 from hmem.chrc.corrector import CHRC, CHRCBank
@@ -113,6 +112,8 @@ class MechanismProbe(nn.Module):
                 self._add("b1_mlp_share", float(learned.abs().mean()
                                                 / (cosine_part + learned.abs().mean())))
         if module.attention is not None:
+            from scipy.stats import spearmanr  # B3 only: SciPy would cost every trial ~1 s
+
             weights = module.attention.weights(query, memory)[: memory.size]
             share = weights.clamp_min(1e-30)
             entropy = -(share * share.log()).sum() / torch.log(torch.tensor(float(len(share))))
