@@ -59,8 +59,9 @@ def _results(folder: Path) -> list[dict]:
     path = folder / "result.json"
     if not path.exists():
         return []
-    rows = [_json_or_none(line) for line in path.read_text().splitlines() if line.strip()]
-    return [row for row in rows if row is not None]
+    lines = [line for line in path.read_text().splitlines() if line.strip()]
+    last = _json_or_none(lines[-1]) if lines else None
+    return [json.loads(line) for line in lines[:-1]] + ([last] if last is not None else [])
 
 
 def _hmem_run_mse(space_path, variant, seed, cache_dir, overrides=None) -> float:

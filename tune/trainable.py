@@ -131,7 +131,12 @@ def _set_up(params: dict[str, Any], context: TrialContext):
                     cell.label())
         artefacts = TrialArtefacts.load_or_build(cfg, cache_dir=context.cache_dir, data=data)
         source = "trial"
-    torch.set_num_threads(cfg.runtime.threads)  # the worker process is this trial's own
+    # Tune reuses a finished trial's worker (reuse_actors): whatever a process keeps between
+    # trials is set afresh here, so a trial gives the numbers of a fresh process. Compiled
+    # graphs are dropped: graphs left by earlier trials would count towards Dynamo's
+    # recompile limit, past which a long trial would silently run eager.
+    torch.set_num_threads(cfg.runtime.threads)
+    torch.compiler.reset()
     return _Trial(space, cell, cfg, artefacts, source, out)
 
 
